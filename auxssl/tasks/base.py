@@ -1,0 +1,106 @@
+"""The pretext-task protocol, and the base class of classification pretext tasks."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Protocol, runtime_checkable
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from baselines.heads import mlp
+from baselines.protocol import Batch
+
+
+@runtime_checkable
+class PretextTask(Protocol):
+    """What `AuxWrapper` composes: an `nn.Module` with a name, a loss weight and a forward pass.
+
+    Members:
+        name: key suffix of the task's outputs (``loss/<name>``, ``acc/<name>``); unique within a wrapper.
+        weight: λ, the task loss's weight in the total loss.
+        build(feature_dim): create the task's head(s) for backbone features of that width (called once by
+            the wrapper; idempotent).
+        forward(backbone, batch): make the task's inputs from the batch, run them through the base method's
+            *online* backbone and return a dict with ``"loss"`` plus metrics.
+    """
+
+    name: str
+    weight: float
+
+    def build(self, feature_dim: int) -> None: ...
+
+    def forward(self, backbone: nn.Module, batch: Batch) -> dict[str, Tensor]: ...
+
+
+class ClassificationPretextTask(nn.Module):
+    """A pretext task that transforms images and classifies the transformation from backbone features.
+
+    Subclasses implement `make_inputs` (transformed images and their labels). This class selects the
+    views, optionally resizes them, runs all transformed copies through the backbone in one batched call and
+    scores them with an MLP head (``Linear → BN → ReLU → Linear(num_classes)``) by cross-entropy.
+
+    Args:
+        num_classes: number of transformation classes.
+        weight: λ, the weight of the task loss.
+        views: indices of the batch views that get transformed copies (default: the two global views).
+        size: if set, resize the selected views to ``size × size`` first (e.g. half resolution for speed).
+        hidden_dim: head width (default: the backbone feature dimension).
+        generator: optional `torch.Generator` for the random transformations (default: the global RNG of
+            the images' device, which the engine checkpoints).
+    """
+
+    name: str = "classification"
+
+    def __init__(
+        self,
+        num_classes: int,
+        weight: float,
+        views: Sequence[int] = (0, 1),
+        size: int | None = None,
+        hidden_dim: int | None = None,
+        generator: torch.Generator | None = None,
+    ) -> None:
+        super().__init__()
+        if len(views) == 0:
+            raise ValueError("a pretext task needs at least one view index")
+        self.num_classes = num_classes
+        self.weight = float(weight)
+        self.views = tuple(views)
+        self.size = size
+        self.hidden_dim = hidden_dim
+        self.generator = generator
+        self.head: nn.Module | None = None
+
+    def build(self, feature_dim: int) -> None:
+        if self.head is None:
+            hidden = self.hidden_dim or feature_dim
+            self.head = mlp([feature_dim, hidden, self.num_classes])
+
+    def make_inputs(self, images: Tensor) -> tuple[Tensor, Tensor]:
+        """Transformed images and their integer labels."""
+        raise NotImplementedError
+
+    def random_labels(self, n: int, device: torch.device) -> Tensor:
+        """``n`` labels drawn uniformly from ``range(num_classes)``, one per image."""
+        if self.generator is None:
+            return torch.randint(self.num_classes, (n,), device=device)
+        return torch.randint(self.num_classes, (n,), generator=self.generator, device=self.generator.device).to(device)
+
+    def select_views(self, batch: Batch) -> Tensor:
+        if max(self.views) >= len(batch.views):
+            raise ValueError(f"{self.name} uses views {self.views} but the batch has {len(batch.views)} views")
+        images = torch.cat([batch.views[i] for i in self.views])
+        if self.size is not None and images.shape[-2:] != (self.size, self.size):
+            images = F.interpolate(images, size=(self.size, self.size), mode="bilinear", antialias=True)
+        return images
+
+    def forward(self, backbone: nn.Module, batch: Batch) -> dict[str, Tensor]:
+        if self.head is None:
+            raise RuntimeError(f"{type(self).__name__}.build(feature_dim) must be called before forward")
+        inputs, labels = self.make_inputs(self.select_views(batch))
+        logits = self.head(backbone(inputs)).float()
+        loss = F.cross_entropy(logits, labels)
+        accuracy = (logits.detach().argmax(dim=1) == labels).float().mean()
+        return {"loss": loss, "acc": accuracy}

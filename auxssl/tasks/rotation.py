@@ -1,0 +1,61 @@
+"""Rotation prediction (Gidaris et al., ICLR 2018) as the auxiliary task of Addepalli et al. (ECCV 2022)."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import torch
+from torch import Tensor
+
+from auxssl.tasks.base import ClassificationPretextTask
+
+
+def rotate(images: Tensor, k: Tensor) -> Tensor:
+    """Rotate each image ``images[i]`` by ``k[i] · 90°`` counter-clockwise (`torch.rot90` on the last two dims).
+
+    Batched: every rotation is computed for the whole batch and selected per image, with no host sync.
+    """
+    if images.shape[-1] != images.shape[-2]:
+        raise ValueError(f"rotation needs square images, got {tuple(images.shape[-2:])}")
+    k = k.view(-1, *([1] * (images.dim() - 1)))
+    out = images
+    for quarter_turns in (1, 2, 3):
+        out = torch.where(k == quarter_turns, torch.rot90(images, quarter_turns, dims=(-2, -1)), out)
+    return out
+
+
+class RotationPrediction(ClassificationPretextTask):
+    """Predict the rotation (0°, 90°, 180°, 270°) of rotated copies of the views.
+
+    Loss: ``1/(2B) Σ_i Σ_m CE(h(f(rot_k(x_i^m))), k)`` over the selected views (Addepalli et al. 2022, eq. 3),
+    weighted by ``weight`` (λ = 0.1 in the paper) in `AuxWrapper`.
+
+    Args:
+        mode: ``"random"`` draws one k ∈ {0, 1, 2, 3} per image and view (the paper);
+            ``"all"`` feeds all four rotations of every image (as in E-SSL, Dangovski et al. 2022).
+        views, size, hidden_dim, generator: see `ClassificationPretextTask`.
+    """
+
+    name = "rotation"
+
+    def __init__(
+        self,
+        weight: float = 0.1,
+        mode: str = "random",
+        views: Sequence[int] = (0, 1),
+        size: int | None = None,
+        hidden_dim: int | None = None,
+        generator: torch.Generator | None = None,
+    ) -> None:
+        if mode not in ("random", "all"):
+            raise ValueError(f"rotation mode must be 'random' or 'all', got {mode!r}")
+        super().__init__(4, weight, views, size, hidden_dim, generator)
+        self.mode = mode
+
+    def make_inputs(self, images: Tensor) -> tuple[Tensor, Tensor]:
+        n = images.shape[0]
+        if self.mode == "all":
+            rotated = torch.cat([torch.rot90(images, k, dims=(-2, -1)) for k in range(4)])
+            return rotated, torch.arange(4, device=images.device).repeat_interleave(n)
+        k = self.random_labels(n, images.device)
+        return rotate(images, k), k

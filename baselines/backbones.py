@@ -1,0 +1,86 @@
+"""Backbones: any `nn.Module` mapping images to pooled features, with a discoverable feature dimension.
+
+`build_backbone` returns a torchvision model whose classifier is replaced by `nn.Identity`, so its weights
+stay loadable into the matching torchvision model (only the ``fc`` keys are absent). The feature dimension is
+stored as ``backbone.feature_dim``; `feature_dim` discovers it for any other module too.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+import torch
+from torch import nn
+from torchvision import models
+
+_RESNETS: dict[str, Callable[..., models.ResNet]] = {
+    "resnet18": models.resnet18,
+    "resnet34": models.resnet34,
+    "resnet50": models.resnet50,
+    "resnet101": models.resnet101,
+}
+_REGNETS: dict[str, Callable[..., models.RegNet]] = {
+    "regnet_y_400mf": models.regnet_y_400mf,
+    "regnet_y_800mf": models.regnet_y_800mf,
+    "regnet_y_1_6gf": models.regnet_y_1_6gf,
+    "regnet_y_3_2gf": models.regnet_y_3_2gf,
+    "regnet_y_8gf": models.regnet_y_8gf,
+    "regnet_y_16gf": models.regnet_y_16gf,
+    "regnet_y_32gf": models.regnet_y_32gf,
+    "regnet_y_128gf": models.regnet_y_128gf,
+}
+BACKBONES: tuple[str, ...] = tuple(_RESNETS) + tuple(_REGNETS)
+
+
+def build_backbone(name: str, cifar_stem: bool = False, zero_init_residual: bool = False) -> nn.Module:
+    """Build a randomly initialised backbone by name.
+
+    Args:
+        name: one of `BACKBONES` (ResNet-18/34/50/101, RegNetY 400MF … 128GF as in SEER).
+        cifar_stem: replace the ResNet stem by a 3×3 stride-1 convolution without max-pool, the usual
+            CIFAR variant (He et al. 2016; SimCLR appendix B.9). Only defined for ResNets.
+        zero_init_residual: zero-initialise the last BN of each residual block (Goyal et al. 2017).
+    """
+    if name in _RESNETS:
+        net: nn.Module = _RESNETS[name](weights=None, zero_init_residual=zero_init_residual)
+        if cifar_stem:
+            net.conv1 = nn.Conv2d(3, 64, kernel_size=3, stride=1, padding=1, bias=False)
+            nn.init.kaiming_normal_(net.conv1.weight, mode="fan_out", nonlinearity="relu")
+            net.maxpool = nn.Identity()
+    elif name in _REGNETS:
+        if cifar_stem:
+            raise ValueError(f"cifar_stem is only defined for ResNets, not {name!r}")
+        net = _REGNETS[name](weights=None)
+        if zero_init_residual:
+            for m in net.modules():
+                if isinstance(m, models.regnet.ResBottleneckBlock):
+                    nn.init.zeros_(m.f.c[1].weight)
+    else:
+        raise ValueError(f"unknown backbone {name!r}; choose one of {', '.join(BACKBONES)}")
+    dim = net.fc.in_features
+    net.fc = nn.Identity()
+    net.feature_dim = dim
+    return net
+
+
+@torch.no_grad()
+def feature_dim(backbone: nn.Module, image_size: int = 32, channels: int = 3) -> int:
+    """The dimension of the pooled features ``backbone`` produces.
+
+    Uses ``backbone.feature_dim`` when present, otherwise runs one image through the module in eval mode
+    (restoring its mode afterwards) and reads the output width.
+    """
+    dim = getattr(backbone, "feature_dim", None)
+    if isinstance(dim, int):
+        return dim
+    was_training = backbone.training
+    param = next(backbone.parameters(), None)
+    device = param.device if param is not None else torch.device("cpu")
+    try:
+        backbone.eval()
+        out = backbone(torch.zeros(1, channels, image_size, image_size, device=device))
+    finally:
+        backbone.train(was_training)
+    if out.dim() != 2:
+        raise ValueError(f"a backbone must return pooled features (B, D); this one returned shape {tuple(out.shape)}")
+    return int(out.shape[1])

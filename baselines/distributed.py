@@ -1,0 +1,52 @@
+"""Collective helpers that reduce to the identity in a single process.
+
+Losses that need the whole batch (contrastive denominators, Sinkhorn marginals, cross-correlation and
+covariance statistics) gather embeddings from every rank *with gradients*; each rank then computes the same
+global loss. The backward of the gather sums the per-rank gradients (``world_size`` identical copies), and
+DDP's gradient averaging divides by ``world_size`` again, so parameters receive exactly the gradient of the
+global loss.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.distributed as dist
+from torch import Tensor
+
+
+def is_distributed() -> bool:
+    return dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1
+
+
+def world_size() -> int:
+    return dist.get_world_size() if is_distributed() else 1
+
+
+def rank() -> int:
+    return dist.get_rank() if is_distributed() else 0
+
+
+def gather(x: Tensor) -> Tensor:
+    """Concatenate ``x`` from all ranks along dim 0, keeping gradients to the local part."""
+    if not is_distributed():
+        return x
+    from torch.distributed.nn.functional import all_gather
+
+    return torch.cat(all_gather(x.contiguous()), dim=0)
+
+
+@torch.no_grad()
+def gather_no_grad(x: Tensor) -> Tensor:
+    """Concatenate ``x`` from all ranks along dim 0 without gradients (e.g. keys for a queue)."""
+    if not is_distributed():
+        return x
+    out = [torch.empty_like(x) for _ in range(world_size())]
+    dist.all_gather(out, x.contiguous())
+    return torch.cat(out, dim=0)
+
+
+def all_reduce_(x: Tensor, op: str = "sum") -> Tensor:
+    """In-place all-reduce (``"sum"`` or ``"max"``); the identity in a single process."""
+    if is_distributed():
+        dist.all_reduce(x, op=dist.ReduceOp.SUM if op == "sum" else dist.ReduceOp.MAX)
+    return x
