@@ -36,6 +36,6 @@ class BarlowTwins(JointEmbeddingMethod):
 
     def forward(self, batch: Batch | Sequence[Tensor]) -> dict[str, Tensor]:
         batch = as_batch(batch)
-        z1, z2 = [self.projector(h) for h in encode_views(self.backbone, self.check_views(batch))]
+        z1, z2 = encode_views([self.backbone, self.projector], self.check_views(batch))
         loss = self.scale_loss * barlow_twins_loss(gather(z1), gather(z2), self.lambd)
         return {"loss": loss, "stat/z_std": embedding_std(z1)}

@@ -32,15 +32,19 @@ def split_weight_decay(named_params: Iterable[tuple[str, nn.Parameter]], **extra
     return [g for g in groups if g["params"]]
 
 
-def encode_views(encoder: nn.Module, views: Sequence[Tensor]) -> list[Tensor]:
-    """Run ``views`` through ``encoder``, one batched call per run of consecutive same-resolution views."""
+def encode_views(encoder: nn.Module | Sequence[nn.Module], views: Sequence[Tensor]) -> list[Tensor]:
+    """Run ``views`` through ``encoder`` (a module, or modules applied in turn), one batched call per run of
+    consecutive same-resolution views, so batch norms see all views of a resolution together."""
+    modules = [encoder] if isinstance(encoder, nn.Module) else list(encoder)
     outputs: list[Tensor] = []
     start = 0
     while start < len(views):
         end = start + 1
         while end < len(views) and views[end].shape[1:] == views[start].shape[1:]:
             end += 1
-        out = encoder(torch.cat(list(views[start:end])) if end - start > 1 else views[start])
+        out = torch.cat(list(views[start:end])) if end - start > 1 else views[start]
+        for module in modules:
+            out = module(out)
         outputs.extend(out.chunk(end - start))
         start = end
     return outputs

@@ -47,10 +47,10 @@ class BYOL(JointEmbeddingMethod):
     def forward(self, batch: Batch | Sequence[Tensor]) -> dict[str, Tensor]:
         batch = as_batch(batch)
         views = self.check_views(batch)
-        z = [self.projector(h) for h in encode_views(self.backbone, views)]
-        p = [self.predictor(zi) for zi in z]
+        z = encode_views([self.backbone, self.projector], views)
+        p = encode_views(self.predictor, z)
         with torch.no_grad():
-            target = [self.target_projector(h) for h in encode_views(self.target_backbone, views)]
+            target = encode_views([self.target_backbone, self.target_projector], views)
         w = batch.positive_weight
         loss = byol_loss(p[0], target[1], w) + byol_loss(p[1], target[0], w)
         return {"loss": loss, "stat/z_std": embedding_std(z[0])}

@@ -50,9 +50,9 @@ class MoCoV2(JointEmbeddingMethod):
     def forward(self, batch: Batch | Sequence[Tensor]) -> dict[str, Tensor]:
         batch = as_batch(batch)
         views = self.check_views(batch)
-        q1, q2 = [self.projector(h) for h in encode_views(self.backbone, views)]
+        q1, q2 = encode_views([self.backbone, self.projector], views)
         with torch.no_grad():
-            k1, k2 = [self.target_projector(h) for h in encode_views(self.target_backbone, views)]
+            k1, k2 = encode_views([self.target_backbone, self.target_projector], views)
         negatives = self.queue.items.clone()
         if self.symmetric:
             loss = (moco_loss(q1, k2, negatives, self.temperature) + moco_loss(q2, k1, negatives, self.temperature)) / 2

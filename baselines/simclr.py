@@ -30,7 +30,7 @@ class SimCLR(JointEmbeddingMethod):
 
     def forward(self, batch: Batch | Sequence[Tensor]) -> dict[str, Tensor]:
         batch = as_batch(batch)
-        z1, z2 = [self.projector(h) for h in encode_views(self.backbone, self.check_views(batch))]
+        z1, z2 = encode_views([self.backbone, self.projector], self.check_views(batch))
         if is_distributed():
             if batch.negative_weight is not None:
                 raise NotImplementedError("negative_weight with torch.distributed needs global weights")

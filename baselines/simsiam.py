@@ -42,8 +42,8 @@ class SimSiam(JointEmbeddingMethod):
 
     def forward(self, batch: Batch | Sequence[Tensor]) -> dict[str, Tensor]:
         batch = as_batch(batch)
-        z1, z2 = [self.projector(h) for h in encode_views(self.backbone, self.check_views(batch))]
-        p1, p2 = self.predictor(z1), self.predictor(z2)
+        z1, z2 = encode_views([self.backbone, self.projector], self.check_views(batch))
+        p1, p2 = encode_views(self.predictor, [z1, z2])
         w = batch.positive_weight
         loss = (simsiam_loss(p1, z2, w) + simsiam_loss(p2, z1, w)) / 2
         return {"loss": loss, "stat/z_std": embedding_std(z1)}

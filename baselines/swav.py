@@ -80,7 +80,7 @@ class SwAV(JointEmbeddingMethod):
         if self.queues and batch.num_global > len(self.queues):
             raise ValueError(f"the batch has {batch.num_global} global crops but SwAV has {len(self.queues)} queues")
         self.normalize_prototypes()
-        z = [F.normalize(self.projector(h), dim=1) for h in encode_views(self.backbone, batch.views)]
+        z = [F.normalize(zi, dim=1) for zi in encode_views([self.backbone, self.projector], batch.views)]
         scores = [self.prototypes(zi) for zi in z]
         codes = [self.codes(scores[a].detach(), a) for a in range(batch.num_global)]
         loss = swav_loss(scores, codes, self.temperature)

@@ -35,7 +35,7 @@ class VICReg(JointEmbeddingMethod):
 
     def forward(self, batch: Batch | Sequence[Tensor]) -> dict[str, Tensor]:
         batch = as_batch(batch)
-        z1, z2 = [self.projector(h) for h in encode_views(self.backbone, self.check_views(batch))]
+        z1, z2 = encode_views([self.backbone, self.projector], self.check_views(batch))
         invariance, variance, covariance = vicreg_terms(gather(z1), gather(z2))
         loss = self.sim_coeff * invariance + self.std_coeff * variance + self.cov_coeff * covariance
         return {

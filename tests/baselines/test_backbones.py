@@ -1,0 +1,46 @@
+"""Backbones map images to pooled features of a discoverable width and stay torchvision-compatible."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from torch import nn
+from torchvision import models
+
+from baselines.backbones import build_backbone, feature_dim
+
+
+@pytest.mark.parametrize(("name", "dim"), [("resnet18", 512), ("resnet34", 512), ("resnet50", 2048)])
+def test_cifar_resnets(name: str, dim: int) -> None:
+    net = build_backbone(name, cifar_stem=True)
+    assert net.conv1.kernel_size == (3, 3) and net.conv1.stride == (1, 1)
+    assert isinstance(net.maxpool, nn.Identity)
+    net.eval()
+    with torch.no_grad():
+        assert net(torch.rand(2, 3, 32, 32)).shape == (2, dim)
+    assert feature_dim(net) == dim
+
+
+def test_imagenet_style_backbones_and_torchvision_weights() -> None:
+    net = build_backbone("regnet_y_400mf")
+    net.eval()
+    with torch.no_grad():
+        assert net(torch.rand(2, 3, 64, 64)).shape == (2, 440)
+    reference = models.regnet_y_400mf(weights=None)
+    missing, unexpected = reference.load_state_dict(net.state_dict(), strict=False)
+    assert set(missing) == {"fc.weight", "fc.bias"} and not unexpected
+    assert build_backbone("resnet18").conv1.kernel_size == (7, 7)
+
+
+def test_feature_dim_discovered_by_a_forward_pass() -> None:
+    net = nn.Sequential(nn.Conv2d(3, 5, 3), nn.BatchNorm2d(5), nn.AdaptiveAvgPool2d(1), nn.Flatten())
+    net.train()
+    assert feature_dim(net) == 5
+    assert net.training  # mode restored
+
+
+def test_unknown_backbone_names_choices() -> None:
+    with pytest.raises(ValueError, match="resnet18"):
+        build_backbone("resnet17")
+    with pytest.raises(ValueError, match="only defined for ResNets"):
+        build_backbone("regnet_y_400mf", cifar_stem=True)

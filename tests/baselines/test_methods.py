@@ -1,0 +1,172 @@
+"""Behaviour of the seven base methods: protocol, gradients, EMA, queues, parameter groups, learning."""
+
+from __future__ import annotations
+
+import copy
+import math
+
+import pytest
+import torch
+from torch import nn
+
+from baselines import METHODS, BYOL, Batch, MoCoV2, SSLMethod, SwAV, cosine_tau
+from baselines.base import encode_views
+from baselines.queue import FeatureQueue
+
+SMALL_HEADS = {
+    "byol": dict(proj_hidden_dim=64, proj_dim=32, pred_hidden_dim=64),
+    "simclr": dict(proj_hidden_dim=64, proj_dim=32),
+    "simsiam": dict(proj_dim=64, pred_hidden_dim=16),
+    "moco_v2": dict(proj_hidden_dim=64, proj_dim=32, queue_size=128),
+    "swav": dict(proj_hidden_dim=64, proj_dim=32, num_prototypes=20),
+    "barlow_twins": dict(proj_hidden_dim=64, proj_dim=64),
+    "vicreg": dict(proj_hidden_dim=64, proj_dim=64),
+}
+
+
+def make(name: str, backbone: nn.Module) -> nn.Module:
+    return METHODS[name](backbone, **SMALL_HEADS[name])
+
+
+@pytest.mark.parametrize("name", sorted(METHODS))
+def test_method_follows_protocol_and_reports_finite_loss(name: str, tiny_backbone, two_views) -> None:
+    method = make(name, tiny_backbone)
+    assert isinstance(method, SSLMethod)
+    assert method.backbone is tiny_backbone
+    out = method(Batch(two_views))
+    assert out["loss"].dim() == 0 and torch.isfinite(out["loss"])
+    assert all(torch.isfinite(v) for v in out.values())
+
+
+@pytest.mark.parametrize("name", sorted(METHODS))
+def test_param_groups_cover_every_trainable_parameter_once(name: str, tiny_backbone) -> None:
+    method = make(name, tiny_backbone)
+    grouped = [p for g in method.param_groups() for p in g["params"]]
+    trainable = [p for p in method.parameters() if p.requires_grad]
+    assert len(grouped) == len(trainable) and {id(p) for p in grouped} == {id(p) for p in trainable}
+    for group in method.param_groups():
+        if group.get("lars_exclude"):
+            assert group["weight_decay"] == 0.0 and all(p.ndim == 1 for p in group["params"])
+        else:
+            assert all(p.ndim > 1 for p in group["params"])
+
+
+@pytest.mark.parametrize("name", sorted(METHODS))
+def test_loss_decreases_on_a_fixed_batch(name: str, tiny_backbone, two_views) -> None:
+    torch.manual_seed(0)
+    method = make(name, tiny_backbone)
+    optimizer = torch.optim.Adam([p for p in method.parameters() if p.requires_grad], lr=3e-3)
+    queue_state = copy.deepcopy(method.queue.state_dict()) if isinstance(method, MoCoV2) else None
+    losses = []
+    for _ in range(12):
+        if queue_state is not None:  # keep the negatives fixed: the same batch would otherwise fill the queue
+            method.queue.load_state_dict(queue_state)
+        loss = method(Batch(two_views))["loss"]
+        optimizer.zero_grad()
+        loss.backward()
+        optimizer.step()
+        method.momentum_update(0.9)
+        losses.append(loss.item())
+    assert losses[-1] < losses[0] - 0.05 * abs(losses[0]), losses
+
+
+@pytest.mark.parametrize("cls", [BYOL, MoCoV2])
+def test_target_network_gets_no_gradient(cls, tiny_backbone, two_views) -> None:
+    method = make(next(k for k, v in METHODS.items() if v is cls), tiny_backbone)
+    method(Batch(two_views))["loss"].backward()
+    for online, target in method.momentum_pairs():
+        assert all(not p.requires_grad and p.grad is None for p in target.parameters())
+        assert any(p.grad is not None for p in online.parameters())
+
+
+def test_ema_update_matches_formula(tiny_backbone) -> None:
+    method = make("byol", tiny_backbone)
+    with torch.no_grad():
+        for p in method.backbone.parameters():
+            p.add_(torch.randn_like(p))
+    before = [(o.clone(), t.clone()) for a, b in method.momentum_pairs() for o, t in zip(a.parameters(), b.parameters())]
+    method.momentum_update(0.9)
+    after = [t for _, b in method.momentum_pairs() for t in b.parameters()]
+    for (online, target), updated in zip(before, after):
+        torch.testing.assert_close(updated, 0.9 * target + 0.1 * online)
+
+
+def test_cosine_tau_schedule() -> None:
+    assert cosine_tau(0, 100, 0.99) == pytest.approx(0.99)
+    assert cosine_tau(50, 100, 0.99) == pytest.approx(0.995)
+    assert cosine_tau(100, 100, 0.99) == pytest.approx(1.0)
+    assert cosine_tau(25, 100, 0.99) == pytest.approx(1 - 0.01 * (math.cos(math.pi / 4) + 1) / 2)
+    taus = [cosine_tau(k, 100, 0.996) for k in range(101)]
+    assert all(a <= b for a, b in zip(taus, taus[1:]))
+
+
+def test_queue_is_first_in_first_out() -> None:
+    queue = FeatureQueue(6, 2, init="zeros")
+    first = torch.arange(8.0).view(4, 2)
+    queue.push(first, index=torch.tensor([10, 11, 12, 13]))
+    assert not queue.full and int(queue.ptr) == 4
+    second = -torch.arange(1.0, 9.0).view(4, 2)
+    queue.push(second, index=torch.tensor([20, 21, 22, 23]))
+    # rows 4, 5 take the first two new keys, then the oldest rows 0, 1 are overwritten
+    torch.testing.assert_close(queue.items, torch.cat([second[2:], first[2:], second[:2]]))
+    assert queue.index.tolist() == [22, 23, 12, 13, 20, 21]
+    assert queue.full and int(queue.ptr) == 2
+
+
+def test_moco_enqueues_normalised_keys_of_both_views(tiny_backbone, two_views) -> None:
+    method = make("moco_v2", tiny_backbone)
+    method(Batch(two_views, index=torch.arange(16)))
+    # the target encoder sees both views in one call (BN statistics over 2B): recompute the same way
+    with torch.no_grad():
+        keys = method.target_projector(method.target_backbone(torch.cat(two_views)))
+    torch.testing.assert_close(method.queue.items[:32], nn.functional.normalize(keys, dim=1))
+    assert method.queue.index[:32].tolist() == list(range(16)) * 2
+    method.eval()
+    ptr = int(method.queue.ptr)
+    method(Batch(two_views))
+    assert int(method.queue.ptr) == ptr  # evaluation never enqueues
+
+
+def test_swav_multicrop_batches_views_by_resolution(tiny_backbone) -> None:
+    method = make("swav", tiny_backbone)
+    views = [torch.rand(8, 3, 16, 16) for _ in range(2)] + [torch.rand(8, 3, 8, 8) for _ in range(3)]
+    calls: list[tuple[int, ...]] = []
+    tiny_backbone.register_forward_pre_hook(lambda m, args: calls.append(tuple(args[0].shape)))
+    out = method(Batch(views, num_global=2))
+    assert calls == [(16, 3, 16, 16), (24, 3, 8, 8)]
+    assert torch.isfinite(out["loss"])
+
+
+def test_swav_codes_are_equipartitioned_and_queue_used_when_full(tiny_backbone) -> None:
+    method = SwAV(tiny_backbone, proj_hidden_dim=64, proj_dim=32, num_prototypes=10, queue_length=32)
+    scores = torch.randn(16, 10)
+    assert not method.queues[0].full
+    torch.testing.assert_close(method.codes(scores, 0).sum(dim=1), torch.ones(16))
+    without_queue = method.codes(scores, 0)
+    for _ in range(2):
+        method(Batch([torch.rand(16, 3, 16, 16), torch.rand(16, 3, 16, 16)]))
+    assert method.queues[0].full
+    assert not torch.allclose(method.codes(scores, 0), without_queue)
+
+
+def test_swav_prototypes_frozen_during_first_steps(tiny_backbone, two_views) -> None:
+    method = SwAV(tiny_backbone, proj_hidden_dim=64, proj_dim=32, num_prototypes=10, freeze_prototypes_steps=5)
+    method(Batch(two_views))["loss"].backward()
+    method.on_before_optimizer_step(4)
+    assert method.prototypes.weight.grad is None
+    method(Batch(two_views))["loss"].backward()
+    method.on_before_optimizer_step(5)
+    assert method.prototypes.weight.grad is not None
+
+
+def test_two_view_methods_reject_other_view_counts(tiny_backbone) -> None:
+    method = make("byol", tiny_backbone)
+    with pytest.raises(ValueError, match="exactly 2 views"):
+        method([torch.rand(4, 3, 16, 16)] * 3)
+
+
+def test_encode_views_equals_separate_calls_in_eval_mode(tiny_backbone) -> None:
+    tiny_backbone.eval()
+    views = [torch.rand(4, 3, 16, 16), torch.rand(4, 3, 16, 16), torch.rand(4, 3, 8, 8)]
+    for got, view in zip(encode_views(tiny_backbone, views), views):
+        torch.testing.assert_close(got, tiny_backbone(view))

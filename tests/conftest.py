@@ -1,0 +1,42 @@
+"""Shared fixtures: a tiny CNN backbone and a fixed two-view batch, small enough for fast CPU tests."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from torch import nn
+
+
+class TinyBackbone(nn.Module):
+    """Conv → BN → ReLU → strided conv → BN → ReLU → global average pool: images to (B, 32) features."""
+
+    feature_dim = 32
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.net = nn.Sequential(
+            nn.Conv2d(3, 16, 3, padding=1, bias=False),
+            nn.BatchNorm2d(16),
+            nn.ReLU(),
+            nn.Conv2d(16, 32, 3, stride=2, padding=1, bias=False),
+            nn.BatchNorm2d(32),
+            nn.ReLU(),
+            nn.AdaptiveAvgPool2d(1),
+            nn.Flatten(),
+        )
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.net(x)
+
+
+@pytest.fixture
+def tiny_backbone() -> TinyBackbone:
+    torch.manual_seed(0)
+    return TinyBackbone()
+
+
+@pytest.fixture
+def two_views() -> list[torch.Tensor]:
+    g = torch.Generator().manual_seed(1)
+    x = torch.rand(16, 3, 16, 16, generator=g)
+    return [x, (x + 0.1 * torch.randn(x.shape, generator=g)).clamp(0, 1)]
