@@ -1,0 +1,66 @@
+"""Loader backends behind one interface (`MultiViewLoader`): torchvision (reference), tensor+kornia (fast
+default for datasets that fit in memory), FFCV (optional extra)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from auxssl.data.datasets import ImageDataset, default_cache_dir
+from auxssl.data.loaders.base import MultiViewLoader, derive_seed
+from auxssl.data.loaders.ffcv_loader import FFCVLoader, ffcv_available, write_beton
+from auxssl.data.loaders.tensor_loader import TensorLoader, kornia_augmentation
+from auxssl.data.loaders.torchvision_loader import TorchvisionLoader, torchvision_transform
+from auxssl.data.recipes import Recipe
+
+BACKENDS = ("torchvision", "tensor", "ffcv")
+
+
+def build_loader(
+    backend: str,
+    dataset: ImageDataset,
+    recipe: Recipe,
+    batch_size: int,
+    *,
+    labels: np.ndarray | None = None,
+    device: str | torch.device = "cpu",
+    seed: int = 0,
+    num_workers: int = 2,
+    shuffle: bool = True,
+    drop_last: bool = True,
+    beton_path: str | Path | None = None,
+) -> MultiViewLoader:
+    """A multi-view loader over ``dataset`` with the given backend (one of `BACKENDS`).
+
+    ``labels``: the labels the loader may reveal in ``batch.label`` (indexed by dataset index, -1 hidden; see
+    `auxssl.data.labels.reveal_labels`); None hides them. ``beton_path`` (FFCV): where the ``.beton`` is, or
+    is written once (default: the cache directory).
+    """
+    common = dict(labels=labels, device=device, seed=seed, shuffle=shuffle, drop_last=drop_last)
+    if backend == "torchvision":
+        return TorchvisionLoader(dataset, recipe, batch_size, num_workers=num_workers, **common)
+    if backend == "tensor":
+        return TensorLoader(dataset, recipe, batch_size, **common)
+    if backend == "ffcv":
+        path = Path(beton_path) if beton_path else default_cache_dir() / "beton" / f"{dataset.name}-{len(dataset)}.beton"
+        if not path.exists():
+            write_beton(dataset, path)
+        return FFCVLoader(path, dataset, recipe, batch_size, num_workers=num_workers, **common)
+    raise ValueError(f"unknown loader backend {backend!r}; choose one of {', '.join(BACKENDS)}")
+
+
+__all__ = [
+    "BACKENDS",
+    "FFCVLoader",
+    "MultiViewLoader",
+    "TensorLoader",
+    "TorchvisionLoader",
+    "build_loader",
+    "derive_seed",
+    "ffcv_available",
+    "kornia_augmentation",
+    "torchvision_transform",
+    "write_beton",
+]

@@ -1,0 +1,50 @@
+"""What every loader backend provides, and the seeding scheme they share.
+
+A loader yields `Batch` objects (views already augmented and normalised, dataset indices, labels when
+revealed) and is deterministic: the order of epoch ``e`` and the augmentation of each batch/sample depend only
+on ``(seed, e, position)``, never on how many workers ran or whether the run was resumed.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from typing import Protocol, runtime_checkable
+
+import numpy as np
+import torch
+
+from baselines.protocol import Batch
+
+
+@runtime_checkable
+class MultiViewLoader(Protocol):
+    batch_size: int
+
+    def __iter__(self) -> Iterator[Batch]: ...
+
+    def __len__(self) -> int: ...
+
+    def set_epoch(self, epoch: int) -> None: ...
+
+
+def derive_seed(*parts: int) -> int:
+    """A 63-bit seed from integers (seed, epoch, position, …), well mixed (NumPy's SeedSequence)."""
+    return int(np.random.SeedSequence([int(p) & 0xFFFFFFFF for p in parts]).generate_state(2, np.uint64)[0] >> 1)
+
+
+def epoch_order(n: int, seed: int, epoch: int, shuffle: bool = True) -> torch.Tensor:
+    """The sample order of one epoch: a permutation seeded by ``(seed, epoch)``, or ``0..n-1``."""
+    if not shuffle:
+        return torch.arange(n)
+    return torch.randperm(n, generator=torch.Generator().manual_seed(derive_seed(seed, epoch)))
+
+
+def num_batches(n: int, batch_size: int, drop_last: bool) -> int:
+    return n // batch_size if drop_last else -(-n // batch_size)
+
+
+def visible_labels(labels: np.ndarray | None, rows: np.ndarray) -> torch.Tensor | None:
+    """Labels of the given dataset rows, or None when no labels were revealed to the loader."""
+    if labels is None:
+        return None
+    return torch.from_numpy(np.asarray(labels, dtype=np.int64)[rows])

@@ -1,0 +1,162 @@
+"""FFCV backend (optional extra ``auxssl[ffcv]``): write a ``.beton`` once, then load multi-view batches from it.
+
+FFCV's JIT-compiled decoders crop and flip every view while decoding (CPU workers); the remaining colour
+augmentations run batched on the training device with the same kornia pipeline as `TensorLoader`.
+
+Install: ``apt-get install -y libopencv-dev libturbojpeg0-dev pkg-config`` then ``pip install -e ".[ffcv]"``.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from pathlib import Path
+
+import numpy as np
+import torch
+from torch import nn
+
+from auxssl.data.datasets import ImageDataset
+from auxssl.data.loaders.base import derive_seed, num_batches
+from auxssl.data.loaders.tensor_loader import kornia_augmentation
+from auxssl.data.recipes import Recipe
+from baselines.protocol import Batch
+
+FFCV_INSTALL_HINT = (
+    "the FFCV backend needs the optional extra: apt-get install -y libopencv-dev libturbojpeg0-dev pkg-config "
+    '&& pip install -e ".[ffcv]"'
+)
+
+
+def ffcv_available() -> bool:
+    try:
+        import ffcv  # noqa: F401
+    except ImportError:
+        return False
+    return True
+
+
+def _require_ffcv() -> None:
+    if not ffcv_available():
+        raise ImportError(FFCV_INSTALL_HINT)
+
+
+class _BetonSource:
+    """Rows of a decoded uint8 tensor as ``(HWC image, label, dataset index)`` for `DatasetWriter`."""
+
+    def __init__(self, images: torch.Tensor, rows: np.ndarray, labels: np.ndarray) -> None:
+        self.images, self.rows, self.labels = images.permute(0, 2, 3, 1).numpy(), rows, labels
+
+    def __len__(self) -> int:
+        return len(self.rows)
+
+    def __getitem__(self, i: int) -> tuple[np.ndarray, int, int]:
+        row = int(self.rows[i])
+        return self.images[i], int(self.labels[row]), row
+
+
+def write_beton(dataset: ImageDataset, path: str | Path, jpeg: bool | None = None, num_workers: int = 2) -> Path:
+    """Write ``dataset`` (label and dataset index per image) to an FFCV file; corrupt images are skipped.
+
+    Images are stored raw (fastest to decode) unless ``jpeg`` or, by default, when larger than 64 px.
+    Written to a temporary name and renamed, so a partial file is never left behind.
+    """
+    _require_ffcv()
+    from ffcv.fields import IntField, RGBImageField
+    from ffcv.writer import DatasetWriter
+
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    images, rows = dataset.to_uint8()
+    jpeg = images.shape[-1] > 64 if jpeg is None else jpeg
+    fields = {
+        "image": RGBImageField(write_mode="jpg" if jpeg else "raw"),
+        "label": IntField(),
+        "index": IntField(),
+    }
+    tmp = path.with_suffix(path.suffix + ".tmp")
+    try:
+        DatasetWriter(str(tmp), fields, num_workers=num_workers).from_indexed_dataset(
+            _BetonSource(images, rows, dataset.labels)
+        )
+        tmp.replace(path)
+    finally:
+        tmp.unlink(missing_ok=True)
+    return path
+
+
+class FFCVLoader:
+    """Multi-view batches from a ``.beton``: crop + flip while decoding, colour augmentation on ``device``.
+
+    ``labels`` (visible labels indexed by dataset index, -1 hidden) go into ``batch.label``; without them the
+    batch carries no labels even though the file stores them.
+    """
+
+    def __init__(
+        self,
+        path: str | Path,
+        dataset: ImageDataset,
+        recipe: Recipe,
+        batch_size: int,
+        *,
+        labels: np.ndarray | None = None,
+        device: str | torch.device = "cpu",
+        seed: int = 0,
+        num_workers: int = 2,
+        shuffle: bool = True,
+        drop_last: bool = True,
+    ) -> None:
+        _require_ffcv()
+        from ffcv.fields.decoders import CenterCropRGBImageDecoder, IntDecoder, RandomResizedCropRGBImageDecoder
+        from ffcv.loader import Loader, OrderOption
+        from ffcv.pipeline import PipelineSpec
+        from ffcv.transforms import RandomHorizontalFlip, Squeeze, ToDevice, ToTensor, ToTorchImage
+
+        self.device = torch.device(device)
+        self.recipe, self.batch_size, self.seed, self.epoch = recipe, batch_size, seed, 0
+        self.labels = None if labels is None else torch.as_tensor(np.asarray(labels, dtype=np.int64), device=self.device)
+        pipelines: dict[str, object] = {}
+        for v, spec in enumerate(recipe.views):
+            if spec.scale is not None:
+                decoder = RandomResizedCropRGBImageDecoder((spec.size, spec.size), scale=spec.scale, ratio=spec.ratio)
+            else:
+                decoder = CenterCropRGBImageDecoder((spec.size, spec.size), ratio=1.0)
+            transforms = [RandomHorizontalFlip(spec.flip_p)] if spec.flip_p > 0 else []
+            transforms += [ToTensor(), ToDevice(self.device, non_blocking=True), ToTorchImage()]
+            pipelines[f"view_{v}"] = PipelineSpec("image", decoder=decoder, transforms=transforms)
+        pipelines["image"] = None  # only the views are produced
+        pipelines["label"] = None
+        pipelines["index"] = [IntDecoder(), ToTensor(), Squeeze(), ToDevice(self.device, non_blocking=True)]
+        self.loader = Loader(
+            str(path),
+            batch_size=batch_size,
+            num_workers=num_workers,
+            order=OrderOption.RANDOM if shuffle else OrderOption.SEQUENTIAL,
+            seed=seed,
+            drop_last=drop_last,
+            pipelines=pipelines,
+        )
+        self.colour = nn.ModuleList(
+            kornia_augmentation(spec, dataset.mean, dataset.std, geometric=False) for spec in recipe.views
+        ).to(self.device)
+        self.drop_last = drop_last
+
+    def set_epoch(self, epoch: int) -> None:
+        self.epoch = epoch
+        self.loader.next_epoch = epoch
+
+    def __len__(self) -> int:
+        return len(self.loader) if self.drop_last else num_batches(self.loader.reader.num_samples, self.batch_size, False)
+
+    def __iter__(self) -> Iterator[Batch]:
+        devices = [self.device] if self.device.type == "cuda" else []
+        for b, (index, *views) in enumerate(self.loader):  # file fields first, then the views
+            with torch.no_grad(), torch.random.fork_rng(devices=devices):
+                torch.manual_seed(derive_seed(self.seed, self.epoch, b, 3))
+                views = [aug(v.float().div_(255.0)) for aug, v in zip(self.colour, views)]
+            index = index.long()
+            yield Batch(
+                views=views,
+                index=index,
+                label=None if self.labels is None else self.labels[index],
+                num_global=self.recipe.num_global,
+            )

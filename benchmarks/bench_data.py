@@ -1,0 +1,118 @@
+"""Loader throughput on the real CIFAR-10 train split: BYOL two-view recipe, batch 256, every backend.
+
+    python benchmarks/bench_data.py [--batches 30] [--device cpu] [--no-step]
+
+Prints images/s per backend (setup — decoding, .beton writing — excluded and reported separately), the ratio to
+the torchvision baseline and, unless --no-step, the rate of a BYOL CIFAR ResNet-18 training step (channels_last;
+bf16 autocast where the CPU/GPU runs bf16 natively, else fp32 — on CPUs without AVX512-BF16/AMX, bf16 autocast is
+~20x slower than fp32) measured in the same run, so that loader and model can be compared. The last line is one
+JSON object with the figures.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import tempfile
+import time
+from pathlib import Path
+
+import torch
+
+from auxssl.data import build_loader, cifar10_jpg, get_recipe
+from auxssl.data.loaders import ffcv_available
+
+
+def loader_rate(loader, batches: int, warmup: int = 2) -> float:
+    iterator = iter(loader)
+    for _ in range(warmup):
+        next(iterator)
+    images = 0
+    start = time.perf_counter()
+    for _ in range(batches):
+        batch = next(iterator)
+        images += batch.size
+    if batch.views[0].is_cuda:
+        torch.cuda.synchronize()
+    return images / (time.perf_counter() - start)
+
+
+def fast_bf16(device: str) -> bool:
+    """Whether bf16 autocast is fast here: CUDA with bf16 support, or a CPU with native bf16 (oneDNN)."""
+    if device.startswith("cuda"):
+        return torch.cuda.is_bf16_supported()
+    return bool(torch.ops.mkldnn._is_mkldnn_bf16_supported())
+
+
+def train_step_rate(device: str, batch_size: int, steps: int = 2) -> tuple[float, str]:
+    from baselines import BYOL, build_backbone
+
+    model = BYOL(build_backbone("resnet18", cifar_stem=True)).to(device, memory_format=torch.channels_last)
+    optimizer = torch.optim.SGD(model.param_groups(), lr=0.1, momentum=0.9)
+    views = [torch.randn(batch_size, 3, 32, 32, device=device).contiguous(memory_format=torch.channels_last)] * 2
+    bf16 = fast_bf16(device)
+
+    def step() -> None:
+        with torch.autocast(torch.device(device).type, dtype=torch.bfloat16, enabled=bf16):
+            loss = model(views)["loss"]
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        optimizer.step()
+        model.momentum_update(0.99)
+
+    step()
+    start = time.perf_counter()
+    for _ in range(steps):
+        step()
+    if device.startswith("cuda"):
+        torch.cuda.synchronize()
+    return steps * batch_size / (time.perf_counter() - start), "bf16" if bf16 else "fp32"
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--batches", type=int, default=30, help="timed batches per backend")
+    parser.add_argument("--batch-size", type=int, default=256)
+    parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    parser.add_argument("--workers", type=int, default=2)
+    parser.add_argument("--no-step", action="store_true", help="skip the training-step measurement")
+    parser.add_argument("--step-batch-size", type=int, default=64, help="batch of the training-step measurement")
+    args = parser.parse_args()
+
+    dataset = cifar10_jpg("train")
+    recipe = get_recipe("byol", 32)
+    results: dict[str, float | str | None] = {"device": args.device, "batch_size": args.batch_size}
+    backends = ["torchvision", "tensor"] + (["ffcv"] if ffcv_available() else [])
+    with tempfile.TemporaryDirectory() as tmp:
+        for backend in backends:
+            start = time.perf_counter()
+            loader = build_loader(
+                backend, dataset, recipe, args.batch_size, device=args.device, num_workers=args.workers,
+                beton_path=Path(tmp) / "cifar10.beton",
+            )
+            setup = time.perf_counter() - start
+            rate = loader_rate(loader, args.batches)
+            results[f"{backend}_img_s"] = round(rate, 1)
+            results[f"{backend}_setup_s"] = round(setup, 1)
+            print(f"{backend:12s} {rate:8.0f} images/s (two views each)   setup {setup:5.1f} s", flush=True)
+            del loader
+    if not ffcv_available():
+        print("ffcv          not installed (pip install -e '.[ffcv]'), skipped")
+    baseline = results["torchvision_img_s"]
+    best = max(backends, key=lambda b: results[f"{b}_img_s"])
+    results["best_backend"] = best
+    results["ratio_best_vs_torchvision"] = round(results[f"{best}_img_s"] / baseline, 2)
+    for backend in backends[1:]:
+        results[f"ratio_{backend}_vs_torchvision"] = round(results[f"{backend}_img_s"] / baseline, 2)
+        print(f"{backend:12s} {results[f'ratio_{backend}_vs_torchvision']:8.2f}x torchvision")
+    if not args.no_step:
+        step, precision = train_step_rate(args.device, args.step_batch_size)
+        results["train_step_img_s"] = round(step, 1)
+        results["train_step_precision"] = precision
+        results["ratio_best_vs_train_step"] = round(results[f"{best}_img_s"] / step, 2)
+        print(f"train step   {step:8.1f} images/s (BYOL ResNet-18, {precision}, channels_last, batch {args.step_batch_size})")
+    print(json.dumps(results))
+
+
+if __name__ == "__main__":
+    main()
