@@ -109,6 +109,12 @@ def evaluation(image_size: int = 32) -> Recipe:
     return Recipe("eval", (view,), num_global=1, description=evaluation.__doc__ or "")
 
 
+def linear_eval(image_size: int = 32) -> Recipe:
+    """The augmented linear-probe protocol: random resized crop 0.08–1 and horizontal flip, one view."""
+    view = ViewSpec(size=image_size, jitter_p=0.0, grayscale_p=0.0)
+    return Recipe("linear_eval", (view,), num_global=1, description=linear_eval.__doc__ or "")
+
+
 RECIPES = {
     "simclr": simclr,
     "moco": simclr,
@@ -117,6 +123,7 @@ RECIPES = {
     "ffcv_crop_grayscale": ffcv_crop_grayscale,
     "ffcv_gaussian_noise": ffcv_gaussian_noise,
     "eval": evaluation,
+    "linear_eval": linear_eval,
 }
 
 

@@ -1,0 +1,5 @@
+import sys
+
+from auxssl.cli import main
+
+sys.exit(main())

@@ -1,0 +1,178 @@
+"""Probes on frozen features: linear (standard protocol), non-linear (MLP), augmented-crop, and online.
+
+Standard offline protocol (auxssl's, documented in every report): features extracted once with the evaluation
+transform; standardised with the training split's per-dimension mean/std (an affine-free BatchNorm, as in MAE's
+and solo-learn's linear evaluation); a linear layer trained with SGD (momentum 0.9, nesterov), batch 256,
+lr 0.1 with cosine decay to 0, no weight decay, 100 epochs; top-1/top-5 at the last epoch.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from auxssl.data.datasets import ImageDataset
+from auxssl.data.loaders.tensor_loader import TensorLoader
+from auxssl.data.recipes import get_recipe
+from auxssl.eval.features import extract_features
+from auxssl.eval.knn import topk_accuracy
+
+
+@dataclass(frozen=True)
+class ProbeConfig:
+    """Hyper-parameters of a probe trained on frozen features; ``hidden_dim`` makes it an MLP."""
+
+    epochs: int = 100
+    batch_size: int = 256
+    lr: float = 0.1
+    momentum: float = 0.9
+    weight_decay: float = 0.0
+    hidden_dim: int | None = None
+    seed: int = 0
+
+    def describe(self) -> str:
+        kind = "linear" if self.hidden_dim is None else f"MLP (hidden {self.hidden_dim}, BN, ReLU)"
+        return (
+            f"{kind} probe on frozen, standardised features; SGD nesterov momentum {self.momentum}, batch "
+            f"{self.batch_size}, lr {self.lr} cosine, wd {self.weight_decay}, {self.epochs} epochs; last epoch"
+        )
+
+
+def probe_head(in_dim: int, num_classes: int, hidden_dim: int | None) -> nn.Module:
+    if hidden_dim is None:
+        return nn.Linear(in_dim, num_classes)
+    return nn.Sequential(
+        nn.Linear(in_dim, hidden_dim, bias=False), nn.BatchNorm1d(hidden_dim), nn.ReLU(), nn.Linear(hidden_dim, num_classes)
+    )
+
+
+def train_probe(
+    train_x: Tensor, train_y: Tensor, test_x: Tensor, test_y: Tensor, config: ProbeConfig = ProbeConfig(),
+    num_classes: int | None = None,
+) -> dict[str, float]:
+    """Train a probe on precomputed features; returns top-1/top-5 test accuracy (%) and final train loss."""
+    labelled = train_y >= 0
+    train_x, train_y = train_x[labelled].float(), train_y[labelled].long()
+    num_classes = num_classes or int(max(train_y.max(), test_y.max())) + 1
+    mean, std = train_x.mean(dim=0), train_x.std(dim=0).clamp_min(1e-6)
+    train_x, test_x = (train_x - mean) / std, (test_x.float() - mean) / std
+    generator = torch.Generator().manual_seed(config.seed)
+    torch.manual_seed(config.seed)
+    head = probe_head(train_x.shape[1], num_classes, config.hidden_dim)
+    optimizer = torch.optim.SGD(
+        head.parameters(), lr=config.lr, momentum=config.momentum, nesterov=True, weight_decay=config.weight_decay
+    )
+    steps_per_epoch = math.ceil(len(train_x) / config.batch_size)
+    total = config.epochs * steps_per_epoch
+    schedule = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda s: 0.5 * (1 + math.cos(math.pi * s / total)))
+    head.train()
+    loss = torch.zeros(())
+    for _ in range(config.epochs):
+        order = torch.randperm(len(train_x), generator=generator)
+        for start in range(0, len(train_x), config.batch_size):
+            idx = order[start : start + config.batch_size]
+            if config.hidden_dim is not None and len(idx) < 2:
+                continue  # batch norm needs two samples
+            loss = F.cross_entropy(head(train_x[idx]), train_y[idx])
+            optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            optimizer.step()
+            schedule.step()
+    head.eval()
+    with torch.no_grad():
+        acc = topk_accuracy(head(test_x), test_y)
+    return {"top1": 100 * acc[1], "top5": 100 * acc[5], "train_loss": loss.item()}
+
+
+def linear_probe(
+    train_x: Tensor, train_y: Tensor, test_x: Tensor, test_y: Tensor, config: ProbeConfig = ProbeConfig()
+) -> dict[str, float]:
+    """The standard offline linear probe: ``{"linear/top1", "linear/top5"}`` in %."""
+    out = train_probe(train_x, train_y, test_x, test_y, config)
+    return {"linear/top1": out["top1"], "linear/top5": out["top5"]}
+
+
+def mlp_probe(
+    train_x: Tensor, train_y: Tensor, test_x: Tensor, test_y: Tensor, config: ProbeConfig = ProbeConfig(hidden_dim=1024)
+) -> dict[str, float]:
+    """The non-linear probe (FFCV-SSL): ``{"mlp/top1", "mlp/top5"}`` in %."""
+    if config.hidden_dim is None:
+        raise ValueError("an MLP probe needs hidden_dim")
+    out = train_probe(train_x, train_y, test_x, test_y, config)
+    return {"mlp/top1": out["top1"], "mlp/top5": out["top5"]}
+
+
+def linear_probe_augmented(
+    backbone: nn.Module,
+    train: ImageDataset,
+    test: ImageDataset,
+    config: ProbeConfig = ProbeConfig(),
+    device: str | torch.device = "cpu",
+    image_size: int = 32,
+) -> dict[str, float]:
+    """The paper-exact protocol: a linear layer on the frozen backbone, trained on fresh random-resized crops
+    (scale 0.08–1) and flips every epoch (the backbone stays in eval mode); tested on evaluation-transform
+    features. Costs a backbone forward per training image per epoch."""
+    images, rows = train.to_uint8()
+    keep = np.asarray(train.labels)[rows] >= 0
+    loader = TensorLoader(
+        train, get_recipe("linear_eval", image_size), config.batch_size, labels=train.labels, device=device,
+        seed=config.seed, drop_last=False, images=images[torch.from_numpy(keep)], rows=rows[keep],
+    )
+    test_x, test_y = extract_features(backbone, test, device=device, image_size=image_size)
+    num_classes = int(max(train.labels.max(), test_y.max())) + 1
+    torch.manual_seed(config.seed)
+    head = nn.Linear(test_x.shape[1], num_classes).to(device)
+    optimizer = torch.optim.SGD(head.parameters(), lr=config.lr, momentum=config.momentum, nesterov=True,
+                                weight_decay=config.weight_decay)
+    total = config.epochs * len(loader)
+    schedule = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda s: 0.5 * (1 + math.cos(math.pi * s / total)))
+    was_training = backbone.training
+    backbone.eval()
+    try:
+        for epoch in range(config.epochs):
+            loader.set_epoch(epoch)
+            for batch in loader:
+                with torch.no_grad():
+                    features = backbone(batch.views[0]).float()
+                loss = F.cross_entropy(head(features), batch.label)
+                optimizer.zero_grad(set_to_none=True)
+                loss.backward()
+                optimizer.step()
+                schedule.step()
+    finally:
+        backbone.train(was_training)
+    with torch.no_grad():
+        acc = topk_accuracy(head(test_x.to(device)), test_y)
+    return {"linear_aug/top1": 100 * acc[1], "linear_aug/top5": 100 * acc[5]}
+
+
+class OnlineLinearProbe(nn.Module):
+    """A linear classifier trained during SSL on *detached* backbone features, with its own optimiser.
+
+    It never influences the backbone. `update` takes a batch of features and (revealed) labels — entries with
+    label -1 are ignored — takes one SGD step and returns its loss and accuracy (%) on that batch.
+    """
+
+    def __init__(self, feature_dim: int, num_classes: int, lr: float = 0.1, momentum: float = 0.9) -> None:
+        super().__init__()
+        self.head = nn.Linear(feature_dim, num_classes)
+        self.optimizer = torch.optim.SGD(self.head.parameters(), lr=lr, momentum=momentum)
+
+    def update(self, features: Tensor, labels: Tensor) -> dict[str, float]:
+        keep = labels >= 0
+        if not keep.any():
+            return {}
+        with torch.autocast(features.device.type, enabled=False):
+            logits = self.head(features.detach()[keep].float())
+            loss = F.cross_entropy(logits, labels[keep])
+        self.optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        self.optimizer.step()
+        accuracy = (logits.argmax(dim=1) == labels[keep]).float().mean().item()
+        return {"online_linear/loss": loss.item(), "online_linear/top1": 100 * accuracy}

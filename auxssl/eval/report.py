@@ -1,0 +1,333 @@
+"""Convergence reports: Markdown and self-contained HTML comparing runs, with matplotlib plots.
+
+Definitions (stated in every report):
+- final accuracy: the metric at a run's last evaluation; mean ± sample std over the seeds of a variant;
+- speed-up of a variant over its baseline (same method and dataset, no auxiliary task): the baseline's full
+  training (epochs, and training wall-clock without evaluation) divided by what the variant needed to first reach
+  the baseline's mean final accuracy, evaluated per seed of the variant, then mean ± std. A seed that never
+  reaches it counts as "not reached" and is left out of the mean.
+"""
+
+from __future__ import annotations
+
+import base64
+import html
+import math
+import statistics
+from collections import defaultdict
+from collections.abc import Sequence
+from dataclasses import dataclass
+from datetime import datetime, timezone
+from pathlib import Path
+
+from auxssl.eval.tracker import METRICS, RUN_INFO, RunInfo, read_metrics, read_run_info
+
+PRIMARY = "knn/top1"
+
+
+@dataclass
+class Run:
+    path: Path
+    info: RunInfo
+    evals: list[dict]
+    train: list[dict]
+
+    def final(self, metric: str) -> dict | None:
+        """The last evaluation record holding ``metric``."""
+        for record in reversed(self.evals):
+            if record.get(metric) is not None:
+                return record
+        return None
+
+    def first_reaching(self, metric: str, target: float) -> dict | None:
+        for record in self.evals:
+            value = record.get(metric)
+            if value is not None and value >= target:
+                return record
+        return None
+
+
+def find_run_dirs(paths: Sequence[str | Path]) -> list[Path]:
+    """Run directories among ``paths``: each path is a run directory or a folder holding run directories."""
+    found: list[Path] = []
+    for path in map(Path, paths):
+        if (path / RUN_INFO).is_file():
+            found.append(path)
+            continue
+        children = sorted(p.parent for p in path.rglob(RUN_INFO)) if path.is_dir() else []
+        if not children:
+            raise FileNotFoundError(f"{path} holds no run directory ({RUN_INFO} + {METRICS})")
+        found += children
+    return found
+
+
+def load_runs(paths: Sequence[str | Path]) -> list[Run]:
+    runs = []
+    for path in find_run_dirs(paths):
+        runs.append(Run(path, read_run_info(path), read_metrics(path, "eval"), read_metrics(path, "train")))
+    protocols = {tuple(sorted(r.info.protocol.items())) for r in runs}
+    if len(protocols) > 1:
+        detail = "; ".join(f"{r.path.name}: {r.info.protocol}" for r in runs)
+        raise ValueError(f"runs were evaluated with different protocols and cannot be compared: {detail}")
+    return runs
+
+
+def mean_std(values: Sequence[float]) -> tuple[float, float]:
+    if not values:
+        return math.nan, math.nan
+    return statistics.fmean(values), statistics.stdev(values) if len(values) > 1 else 0.0
+
+
+def fmt(mean: float, std: float, n: int, digits: int = 2, unit: str = "") -> str:
+    if math.isnan(mean):
+        return "—"
+    return f"{mean:.{digits}f}{unit}" if n <= 1 else f"{mean:.{digits}f} ± {std:.{digits}f}{unit}"
+
+
+@dataclass
+class Variant:
+    name: str
+    method: str
+    dataset: str
+    tasks: tuple[str, ...]
+    runs: list[Run]
+
+    @property
+    def seeds(self) -> list[int]:
+        return sorted(r.info.seed for r in self.runs)
+
+    def final(self, metric: str) -> tuple[float, float, int]:
+        values = [rec[metric] for r in self.runs if (rec := r.final(metric)) is not None]
+        return (*mean_std(values), len(values))
+
+    def final_field(self, metric: str, field: str) -> tuple[float, float, int]:
+        values = [rec[field] for r in self.runs if (rec := r.final(metric)) is not None]
+        return (*mean_std(values), len(values))
+
+
+def group_variants(runs: Sequence[Run]) -> list[Variant]:
+    groups: dict[tuple[str, str, tuple[str, ...]], list[Run]] = defaultdict(list)
+    for run in runs:
+        groups[(run.info.method, run.info.dataset, tuple(run.info.tasks))].append(run)
+    return [
+        Variant("+".join([m, *t]) + ("" if len({r.info.dataset for r in runs}) == 1 else f" ({d})"), m, d, t, rs)
+        for (m, d, t), rs in sorted(groups.items())
+    ]
+
+
+@dataclass
+class SpeedUp:
+    variant: Variant
+    baseline: Variant
+    metric: str
+    target: float
+    baseline_epochs: float
+    baseline_time: float
+    epochs_needed: list[float]
+    time_needed: list[float]
+    reached: int
+
+    def epochs_speedup(self) -> tuple[float, float]:
+        return mean_std([self.baseline_epochs / e for e in self.epochs_needed if e > 0])
+
+    def time_speedup(self) -> tuple[float, float]:
+        return mean_std([self.baseline_time / t for t in self.time_needed if t > 0])
+
+
+def speedups(variants: Sequence[Variant], metric: str = PRIMARY) -> list[SpeedUp]:
+    """Pair every variant with auxiliary tasks with its baseline and measure time to the baseline's accuracy."""
+    baselines = {(v.method, v.dataset): v for v in variants if not v.tasks}
+    out = []
+    for variant in variants:
+        baseline = baselines.get((variant.method, variant.dataset))
+        if not variant.tasks or baseline is None:
+            continue
+        target, _, n = baseline.final(metric)
+        if n == 0:
+            continue
+        base_epochs, _, _ = baseline.final_field(metric, "epoch")
+        base_time, _, _ = baseline.final_field(metric, "train_time_s")
+        hits = [rec for r in variant.runs if (rec := r.first_reaching(metric, target)) is not None]
+        out.append(SpeedUp(variant, baseline, metric, target, base_epochs, base_time,
+                           [h["epoch"] for h in hits], [h["train_time_s"] for h in hits], len(hits)))
+    return out
+
+
+# ------------------------------------------------------------------------------------------------- plots
+def _curves(variant: Variant, metric: str, x_field: str, records: str = "evals") -> tuple[list[float], list[float], list[float]]:
+    """Mean x, mean y and std y over seeds at every epoch all seeds logged ``metric``."""
+    per_epoch: dict[int, list[tuple[float, float]]] = defaultdict(list)
+    for run in variant.runs:
+        by_epoch: dict[int, list[tuple[float, float]]] = defaultdict(list)
+        for rec in getattr(run, records):
+            if rec.get(metric) is not None:
+                by_epoch[rec["epoch"]].append((rec[x_field], rec[metric]))
+        for epoch, points in by_epoch.items():  # average the records of one epoch (training logs several)
+            per_epoch[epoch].append((statistics.fmean(p[0] for p in points), statistics.fmean(p[1] for p in points)))
+    xs, ys, sds = [], [], []
+    for epoch in sorted(per_epoch):
+        points = per_epoch[epoch]
+        if len(points) == len(variant.runs):
+            xs.append(statistics.fmean(p[0] for p in points))
+            mean, std = mean_std([p[1] for p in points])
+            ys.append(mean)
+            sds.append(std)
+    return xs, ys, sds
+
+
+def _plot(variants: Sequence[Variant], metrics: Sequence[str], x_field: str, xlabel: str, ylabel: str, title: str,
+          path: Path, records: str = "evals", targets: dict[str, float] | None = None) -> Path | None:
+    """One panel per metric, one line per variant (mean over seeds, ±std band); baselines dashed."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    metrics = [m for m in metrics if any(_curves(v, m, x_field, records)[0] for v in variants)]
+    if not metrics:
+        return None
+    fig, axes = plt.subplots(1, len(metrics), figsize=(min(15.0, 4.2 + 3.6 * len(metrics)), 4.3), dpi=110, squeeze=False)
+    colours = plt.rcParams["axes.prop_cycle"].by_key()["color"]
+    for ax, metric in zip(axes[0], metrics):
+        for i, variant in enumerate(variants):
+            xs, ys, sds = _curves(variant, metric, x_field, records)
+            if not xs:
+                continue
+            colour = colours[i % len(colours)]
+            ax.plot(xs, ys, "-" if variant.tasks else "--", color=colour, label=variant.name, linewidth=1.8,
+                    marker="o" if len(xs) < 25 else None, markersize=3)
+            if any(sd > 0 for sd in sds):
+                ax.fill_between(xs, [y - d for y, d in zip(ys, sds)], [y + d for y, d in zip(ys, sds)], color=colour, alpha=0.15)
+        for name, value in (targets or {}).items():
+            ax.axhline(value, color="grey", linestyle=":", linewidth=1)
+            ax.annotate(f"{name} final {value:.1f}", (0.01, value), xycoords=("axes fraction", "data"), fontsize=7,
+                        color="grey", va="bottom")
+        ax.set(xlabel=xlabel, ylabel=ylabel if len(metrics) == 1 else metric,
+               title=title if len(metrics) == 1 else metric)
+        ax.grid(alpha=0.3)
+        ax.legend(fontsize=8, frameon=False)
+    if len(metrics) > 1:
+        fig.suptitle(title)
+    fig.tight_layout()
+    fig.savefig(path)
+    plt.close(fig)
+    return path
+
+
+# ------------------------------------------------------------------------------------------------ report
+@dataclass
+class Report:
+    markdown: Path
+    html: Path
+    plots: list[Path]
+
+
+def _table(header: Sequence[str], rows: Sequence[Sequence[str]]) -> tuple[str, str]:
+    md = "| " + " | ".join(header) + " |\n| " + " | ".join("---" for _ in header) + " |\n"
+    md += "".join("| " + " | ".join(row) + " |\n" for row in rows)
+    th = "".join(f"<th>{html.escape(h)}</th>" for h in header)
+    trs = "".join("<tr>" + "".join(f"<td>{html.escape(c)}</td>" for c in row) + "</tr>" for row in rows)
+    return md, f"<table><thead><tr>{th}</tr></thead><tbody>{trs}</tbody></table>"
+
+
+def write_report(paths: Sequence[str | Path], out_dir: str | Path, title: str = "auxssl convergence report") -> Report:
+    """Write ``report.md``, ``report.html`` (plots embedded) and the plot PNGs for the given runs."""
+    runs = load_runs(paths)
+    variants = group_variants(runs)
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    protocol = runs[0].info.protocol
+    md_parts = [f"# {title}\n", f"Generated {datetime.now(timezone.utc):%Y-%m-%d %H:%M UTC} from {len(runs)} runs.\n"]
+    html_parts = [f"<h1>{html.escape(title)}</h1>",
+                  f"<p class=meta>Generated {datetime.now(timezone.utc):%Y-%m-%d %H:%M UTC} from {len(runs)} runs.</p>"]
+
+    def section(heading: str, text_md: str, text_html: str) -> None:
+        md_parts.append(f"\n## {heading}\n\n{text_md}\n")
+        html_parts.append(f"<h2>{html.escape(heading)}</h2>{text_html}")
+
+    items = [f"**{k}**: {v}" for k, v in protocol.items()] + [
+        "**final accuracy**: at each run's last evaluation; mean ± sample std over seeds",
+        "**speed-up**: the baseline's full training (epochs; wall-clock without evaluation) ÷ what the run needed to "
+        "first reach the baseline's mean final kNN top-1, per seed, then mean ± std",
+    ]
+    section("Protocol", "".join(f"- {i}\n" for i in items),
+            "<ul>" + "".join(f"<li>{html.escape(i).replace('**', '')}</li>" for i in items) + "</ul>")
+
+    metrics = [m for m in ("knn/top1", "knn/top5", "linear/top1", "mlp/top1") if any(v.final(m)[2] for v in variants)]
+    rows = []
+    for v in variants:
+        epochs = v.final_field(PRIMARY, "epoch")
+        row = [v.name, v.dataset, ", ".join(map(str, v.seeds)), fmt(*epochs, digits=0)]
+        row += [fmt(*v.final(m)) for m in metrics]
+        rows.append(row)
+    md, tab = _table(["variant", "dataset", "seeds", "epochs", *metrics], rows)
+    section("Final accuracy (%)", md, tab)
+
+    ups = speedups(variants)
+    if ups:
+        rows = []
+        for s in ups:
+            e_mean, e_std = mean_std(s.epochs_needed)
+            t_mean, t_std = mean_std(s.time_needed)
+            n = len(s.variant.runs)
+            rows.append([
+                s.variant.name, s.baseline.name, f"{s.target:.2f}",
+                f"{s.baseline_epochs:.0f} ep / {s.baseline_time:.0f} s",
+                fmt(e_mean, e_std, s.reached, 1) + " ep" if s.reached else "not reached",
+                fmt(*s.epochs_speedup(), s.reached, 2, "×") if s.reached else "—",
+                fmt(t_mean, t_std, s.reached, 0) + " s" if s.reached else "not reached",
+                fmt(*s.time_speedup(), s.reached, 2, "×") if s.reached else "—",
+                f"{s.reached}/{n}",
+            ])
+        md, tab = _table(["run", "baseline", "baseline final kNN top-1", "baseline training", "epochs to reach",
+                          "speed-up (epochs)", "time to reach", "speed-up (wall-clock)", "seeds reaching"], rows)
+        section("Time to the baseline's accuracy", md, tab)
+
+    targets = {v.name: v.final(PRIMARY)[0] for v in variants if not v.tasks and v.final(PRIMARY)[2]}
+    plots = [
+        _plot(variants, [PRIMARY], "epoch", "epoch", "kNN top-1 (%)", "kNN accuracy vs epoch", out / "knn_vs_epoch.png",
+              targets=targets),
+        _plot(variants, [PRIMARY], "train_time_s", "training wall-clock (s, evaluation excluded)", "kNN top-1 (%)",
+              "kNN accuracy vs wall-clock", out / "knn_vs_time.png", targets=targets),
+    ]
+    train_keys = sorted({k for r in runs for rec in r.train for k in rec if k == "loss" or k.startswith("loss/")})
+    plots.append(_plot(variants, train_keys, "epoch", "epoch", "loss", "Training loss terms", out / "losses.png", "train"))
+    acc_keys = sorted({k for r in runs for rec in r.train for k in rec if k.startswith("acc/")})
+    if acc_keys:
+        plots.append(_plot([v for v in variants if v.tasks], acc_keys, "epoch", "epoch", "accuracy", "Auxiliary-task accuracy",
+                           out / "aux_accuracy.png", "train"))
+    plots = [p for p in plots if p is not None]
+    md_imgs = "".join(f"![{p.stem}]({p.name})\n\n" for p in plots)
+    html_imgs = "".join(
+        f'<figure><img alt="{p.stem}" src="data:image/png;base64,{base64.b64encode(p.read_bytes()).decode()}"></figure>'
+        for p in plots
+    )
+    section("Plots", md_imgs, html_imgs)
+    md_rows = [[r.path.name, r.info.variant, str(r.info.seed), str(len(r.evals)), str(r.path)] for r in runs]
+    md, tab = _table(["run", "variant", "seed", "evaluations", "directory"], md_rows)
+    section("Runs", md, tab)
+
+    markdown = out / "report.md"
+    markdown.write_text("".join(md_parts))
+    page = out / "report.html"
+    page.write_text(_HTML.format(title=html.escape(title), body="\n".join(html_parts)))
+    return Report(markdown, page, plots)
+
+
+_HTML = """<!doctype html>
+<html lang="en"><head><meta charset="utf-8"><title>{title}</title>
+<style>
+body {{ font-family: -apple-system, "Segoe UI", Helvetica, Arial, sans-serif; max-width: 1040px; margin: 2em auto;
+       padding: 0 1.2em; color: #1f2328; line-height: 1.5; }}
+h1 {{ border-bottom: 2px solid #d0d7de; padding-bottom: .3em; }}
+h2 {{ margin-top: 1.8em; border-bottom: 1px solid #d0d7de; padding-bottom: .2em; }}
+.meta {{ color: #57606a; }}
+table {{ border-collapse: collapse; margin: .8em 0; font-size: .92em; }}
+th, td {{ border: 1px solid #d0d7de; padding: .35em .7em; text-align: left; }}
+th {{ background: #f6f8fa; }}
+tbody tr:nth-child(even) {{ background: #fafbfc; }}
+figure {{ margin: 1em 0; }} img {{ max-width: 100%; border: 1px solid #eaeef2; }}
+</style></head><body>
+{body}
+</body></html>
+"""

@@ -1,0 +1,135 @@
+"""The run directory's record of convergence: who the run is (``run.json``) and what it measured when
+(``metrics.jsonl``, one JSON object per line, appended and flushed as training goes).
+
+Every record carries ``kind`` (``"train"`` or ``"eval"``), ``epoch``, ``step``, ``images_seen`` and
+``train_time_s`` — training wall-clock seconds with evaluation time excluded — plus the metrics by name
+(``knn/top1``, ``linear/top1``, ``loss``, ``loss/rotation``, ``acc/rotation``, …).
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+RUN_INFO = "run.json"
+METRICS = "metrics.jsonl"
+
+
+@dataclass
+class RunInfo:
+    """What a report needs to know about a run: its identity and the evaluation protocol it used."""
+
+    name: str
+    method: str
+    dataset: str
+    tasks: list[str] = field(default_factory=list)
+    seed: int = 0
+    epochs: int = 0
+    protocol: dict[str, str] = field(default_factory=dict)
+
+    @property
+    def variant(self) -> str:
+        """``method`` or ``method+task+…``: runs of one variant differ only by seed."""
+        return "+".join([self.method, *self.tasks])
+
+
+def write_run_info(run_dir: str | Path, info: RunInfo) -> None:
+    path = Path(run_dir) / RUN_INFO
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_suffix(".json.tmp")
+    tmp.write_text(json.dumps(asdict(info), indent=2))
+    os.replace(tmp, path)
+
+
+def read_run_info(run_dir: str | Path) -> RunInfo:
+    path = Path(run_dir) / RUN_INFO
+    if not path.is_file():
+        raise FileNotFoundError(f"{run_dir} is not a run directory: {RUN_INFO} is missing")
+    data = json.loads(path.read_text())
+    unknown = set(data) - set(RunInfo.__dataclass_fields__)
+    if unknown:
+        raise ValueError(f"{path}: unknown keys {sorted(unknown)}")
+    return RunInfo(**data)
+
+
+class MetricsLog:
+    """Append-only JSON-lines log of a run's records; each line is flushed and fsynced when written."""
+
+    def __init__(self, run_dir: str | Path) -> None:
+        self.path = Path(run_dir) / METRICS
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+
+    def append(self, kind: str, *, epoch: int, step: int, images_seen: int, train_time_s: float, **metrics: Any) -> dict:
+        record = {"kind": kind, "epoch": epoch, "step": step, "images_seen": images_seen,
+                  "train_time_s": round(train_time_s, 3)}
+        for name, value in metrics.items():
+            value = float(value)
+            record[name] = value if math.isfinite(value) else None
+        with self.path.open("a") as f:
+            f.write(json.dumps(record) + "\n")
+            f.flush()
+            os.fsync(f.fileno())
+        return record
+
+    def truncate_after(self, step: int) -> None:
+        """Drop records logged after ``step`` (when resuming from a checkpoint taken at ``step``)."""
+        kept = [r for r in read_metrics(self.path.parent) if r["step"] <= step]
+        tmp = self.path.with_suffix(".jsonl.tmp")
+        tmp.write_text("".join(json.dumps(r) + "\n" for r in kept))
+        os.replace(tmp, self.path)
+
+
+def read_metrics(run_dir: str | Path, kind: str | None = None) -> list[dict]:
+    """The records of a run (optionally of one kind), in the order they were written; a torn last line is
+    ignored."""
+    path = Path(run_dir) / METRICS
+    if not path.is_file():
+        return []
+    records = []
+    for line in path.read_text().splitlines():
+        try:
+            record = json.loads(line)
+        except json.JSONDecodeError:
+            continue
+        if kind is None or record.get("kind") == kind:
+            records.append(record)
+    return records
+
+
+class TrainClock:
+    """Training wall-clock that excludes evaluation: wrap evaluations in ``with clock.paused():``."""
+
+    def __init__(self, elapsed: float = 0.0) -> None:
+        self._elapsed = elapsed
+        self._started: float | None = None
+
+    def start(self) -> None:
+        if self._started is None:
+            self._started = time.perf_counter()
+
+    def stop(self) -> None:
+        if self._started is not None:
+            self._elapsed += time.perf_counter() - self._started
+            self._started = None
+
+    @property
+    def elapsed(self) -> float:
+        running = time.perf_counter() - self._started if self._started is not None else 0.0
+        return self._elapsed + running
+
+    @contextmanager
+    def paused(self) -> Iterator[None]:
+        was_running = self._started is not None
+        self.stop()
+        try:
+            yield
+        finally:
+            if was_running:
+                self.start()

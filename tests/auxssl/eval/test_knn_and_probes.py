@@ -1,0 +1,136 @@
+"""kNN against independent computations; probes on synthetic features; semi-supervised subsets."""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import pytest
+import torch
+from torch import nn
+
+from auxssl.data import balanced_subset, digits
+from auxssl.eval import (
+    KNNProtocol,
+    OnlineLinearProbe,
+    ProbeConfig,
+    SemiSupervisedConfig,
+    extract_features,
+    finetune_semisupervised,
+    knn_evaluate,
+    knn_scores,
+    linear_probe,
+    mlp_probe,
+)
+
+
+def clustered(n_per_class: int, classes: int, dim: int, spread: float, seed: int) -> tuple[torch.Tensor, torch.Tensor]:
+    g = torch.Generator().manual_seed(seed)
+    centres = torch.randn(classes, dim, generator=g)
+    labels = torch.arange(classes).repeat_interleave(n_per_class)
+    return centres[labels] + spread * torch.randn(len(labels), dim, generator=g), labels
+
+
+def knn_reference(bank: np.ndarray, labels: np.ndarray, queries: np.ndarray, k: int, t: float, c: int) -> np.ndarray:
+    """Brute force in float64: full similarity matrix, full sort, explicit vote loop."""
+    bank = bank / np.linalg.norm(bank, axis=1, keepdims=True)
+    queries = queries / np.linalg.norm(queries, axis=1, keepdims=True)
+    votes = np.zeros((len(queries), c))
+    for i, q in enumerate(queries):
+        sims = bank @ q
+        for j in np.argsort(-sims)[:k]:
+            votes[i, labels[j]] += math.exp(sims[j] / t)
+    return votes
+
+
+def test_knn_matches_brute_force_on_clustered_features() -> None:
+    bank, bank_labels = clustered(60, 5, 16, 1.2, seed=0)
+    queries, _ = clustered(20, 5, 16, 1.2, seed=1)
+    got = knn_scores(bank, bank_labels, queries, k=25, temperature=0.1, num_classes=5)
+    ref = knn_reference(bank.double().numpy(), bank_labels.numpy(), queries.double().numpy(), 25, 0.1, 5)
+    np.testing.assert_allclose(got.numpy(), ref, rtol=1e-4)
+    assert np.array_equal(got.argmax(1).numpy(), ref.argmax(1))
+
+
+def test_knn_hand_computed_case() -> None:
+    bank = torch.tensor([[1.0, 0.0], [0.0, 1.0], [-1.0, 0.0], [1.0, 1.0]])
+    labels = torch.tensor([0, 1, 1, 0])
+    query = torch.tensor([[1.0, 0.2]])
+    # cosine similarities: 0.9806, 0.1961, -0.9806, 0.8321 → top-3 = bank 0 (class 0), 3 (class 0), 1 (class 1)
+    s = [1 / math.sqrt(1.04), 0.2 / math.sqrt(1.04), 1.2 / (math.sqrt(1.04) * math.sqrt(2))]
+    votes = knn_scores(bank, labels, query, k=3, temperature=0.5, num_classes=2)
+    expected = [math.exp(s[0] / 0.5) + math.exp(s[2] / 0.5), math.exp(s[1] / 0.5)]
+    np.testing.assert_allclose(votes[0].numpy(), expected, rtol=1e-5)
+
+
+def test_chunk_sizes_do_not_change_results() -> None:
+    bank, bank_labels = clustered(50, 4, 8, 2.0, seed=2)
+    queries, _ = clustered(10, 4, 8, 2.0, seed=3)
+    whole = knn_scores(bank, bank_labels, queries, k=30, temperature=0.1)
+    chunked = knn_scores(bank, bank_labels, queries, k=30, temperature=0.1, query_chunk=7, bank_chunk=13)
+    torch.testing.assert_close(whole, chunked)
+
+
+def test_knn_evaluate_reports_percentages_and_ignores_unlabelled_bank() -> None:
+    bank, bank_labels = clustered(40, 3, 8, 0.05, seed=4)
+    test_x, test_y = clustered(10, 3, 8, 0.05, seed=4)
+    noisy_labels = bank_labels.clone()
+    noisy_labels[::2] = -1
+    out = knn_evaluate(bank, noisy_labels, test_x, test_y, KNNProtocol(k=10, temperature=0.1))
+    assert out["knn/top1"] == pytest.approx(100.0) and out["knn/top5"] == pytest.approx(100.0)
+
+
+def test_linear_probe_separates_linearly_separable_features() -> None:
+    train_x, train_y = clustered(100, 4, 20, 0.3, seed=5)
+    test_x, test_y = clustered(50, 4, 20, 0.3, seed=5)
+    out = linear_probe(train_x, train_y, test_x, test_y, ProbeConfig(epochs=20))
+    assert out["linear/top1"] >= 99.0
+
+
+def test_mlp_probe_solves_what_a_linear_probe_cannot() -> None:
+    g = torch.Generator().manual_seed(6)
+    x = torch.rand(2000, 2, generator=g) * 2 - 1
+    y = ((x[:, 0] > 0) ^ (x[:, 1] > 0)).long()  # XOR: not linearly separable
+    linear = linear_probe(x[:1500], y[:1500], x[1500:], y[1500:], ProbeConfig(epochs=30))
+    mlp = mlp_probe(x[:1500], y[:1500], x[1500:], y[1500:], ProbeConfig(epochs=30, hidden_dim=64))
+    assert linear["linear/top1"] < 75.0 and mlp["mlp/top1"] > 95.0
+
+
+def test_online_probe_learns_and_skips_hidden_labels() -> None:
+    x, y = clustered(64, 3, 10, 0.2, seed=7)
+    probe = OnlineLinearProbe(10, 3, lr=0.5)
+    assert probe.update(x, torch.full_like(y, -1)) == {}
+    first = probe.update(x, y)
+    for _ in range(30):
+        last = probe.update(x, y)
+    assert last["online_linear/loss"] < first["online_linear/loss"] and last["online_linear/top1"] > 95.0
+
+
+def test_semisupervised_subsets_are_balanced_with_exact_sizes() -> None:
+    labels = np.repeat(np.arange(10), 5000)
+    for fraction, size in ((0.01, 500), (0.1, 5000)):
+        subset = balanced_subset(labels, fraction, seed=0)
+        assert len(subset) == size and np.array_equal(np.bincount(labels[subset]), np.full(10, size // 10))
+        assert np.array_equal(subset, balanced_subset(labels, fraction, seed=0))
+
+
+def test_finetune_semisupervised_saves_its_subset(tmp_path, tiny_backbone) -> None:
+    train, test = digits("train"), digits("test")
+    path = tmp_path / "semisup_10pct.json"
+    result = finetune_semisupervised(
+        tiny_backbone, train, test, SemiSupervisedConfig(fraction=0.1, epochs=2, batch_size=64), save_to=path
+    )
+    subset = np.array(result["subset_indices"])
+    assert len(subset) == 140 and np.array_equal(np.bincount(train.labels[subset]), np.full(10, 14))
+    assert 0.0 <= result["semisup_10pct/top1"] <= 100.0 and path.is_file()
+    assert all(p.grad is None for p in tiny_backbone.parameters())  # the caller's backbone is untouched
+
+
+def test_extract_features_restores_mode_and_aligns_labels(tiny_backbone) -> None:
+    data = digits("test")
+    tiny_backbone.train()
+    features, labels = extract_features(tiny_backbone, data, batch_size=100)
+    assert features.shape == (360, 32) and tiny_backbone.training
+    assert torch.equal(labels, torch.from_numpy(data.labels))
+    again, _ = extract_features(tiny_backbone, data, batch_size=7)
+    torch.testing.assert_close(features, again)

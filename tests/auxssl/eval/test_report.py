@@ -1,0 +1,97 @@
+"""Tracking records and the convergence report, checked against numbers computed by hand."""
+
+from __future__ import annotations
+
+import json
+import time
+from pathlib import Path
+
+import pytest
+
+from auxssl.eval import MetricsLog, RunInfo, TrainClock, read_metrics, write_report, write_run_info
+
+PROTOCOL = {"kNN": "weighted cosine kNN, k=200, T=0.1"}
+
+
+def make_run(root: Path, name: str, tasks: list[str], seed: int, acc, seconds_per_epoch: float, protocol=PROTOCOL) -> Path:
+    run = root / name
+    write_run_info(run, RunInfo(name=name, method="byol", dataset="cifar10", tasks=tasks, seed=seed, epochs=100,
+                                protocol=protocol))
+    log = MetricsLog(run)
+    for epoch in range(10, 101, 10):
+        time_s = epoch * seconds_per_epoch
+        log.append("train", epoch=epoch, step=epoch * 10, images_seen=epoch * 2560, train_time_s=time_s,
+                   loss=5 - epoch / 50, **{"loss/base": 4 - epoch / 50},
+                   **({"loss/rotation": 1.0 - epoch / 200, "acc/rotation": epoch / 110} if tasks else {}))
+        log.append("eval", epoch=epoch, step=epoch * 10, images_seen=epoch * 2560, train_time_s=time_s,
+                   **{"knn/top1": acc(epoch), "knn/top5": 99.0})
+    return run
+
+
+@pytest.fixture
+def runs(tmp_path: Path) -> Path:
+    root = tmp_path / "grid"
+    make_run(root, "byol-s0", [], 0, lambda e: 40 + 0.4 * e, 10.0)  # final 80
+    make_run(root, "byol-s1", [], 1, lambda e: 42 + 0.4 * e, 10.0)  # final 82
+    make_run(root, "byol_rot-s0", ["rotation"], 0, lambda e: min(95.0, 50 + 0.5 * e), 12.0)  # ≥ 81 first at 70
+    make_run(root, "byol_rot-s1", ["rotation"], 1, lambda e: min(95.0, 55 + 0.5 * e), 12.0)  # ≥ 81 first at 60
+    return root
+
+
+def test_report_contains_hand_computed_numbers(runs: Path, tmp_path: Path) -> None:
+    report = write_report([runs], tmp_path / "report")
+    md = report.markdown.read_text()
+    # baseline final kNN: mean(80, 82) = 81, sample std √2 = 1.41; 100 epochs of 10 s each
+    assert "81.00 ± 1.41" in md and "100 ep / 1000 s" in md
+    # epochs to reach 81: 70 and 60 → 65.0 ± 7.1; speed-ups 100/70 = 1.4286, 100/60 = 1.6667 → 1.55 ± 0.17
+    assert "65.0 ± 7.1 ep" in md and "1.55 ± 0.17×" in md
+    # wall-clock: 70·12 = 840 s and 60·12 = 720 s → 780 ± 85 s; 1000/840 = 1.1905, 1000/720 = 1.3889 → 1.29 ± 0.14
+    assert "780 ± 85 s" in md and "1.29 ± 0.14×" in md
+    assert "2/2" in md and "95.00" in md and "k=200, T=0.1" in md
+    html = report.html.read_text()
+    assert html.count("data:image/png;base64,") == len(report.plots) == 4
+    assert "1.55 ± 0.17×" in html and "<table>" in html
+    assert {p.name for p in report.plots} == {"knn_vs_epoch.png", "knn_vs_time.png", "losses.png", "aux_accuracy.png"}
+
+
+def test_report_marks_seeds_that_never_reach_the_baseline(tmp_path: Path) -> None:
+    make_run(tmp_path, "base", [], 0, lambda e: 0.8 * e, 1.0)  # final 80
+    make_run(tmp_path, "slow", ["rotation"], 0, lambda e: 0.5 * e, 1.0)  # final 50
+    md = write_report([tmp_path], tmp_path / "out").markdown.read_text()
+    assert "not reached" in md and "0/1" in md
+
+
+def test_report_refuses_to_mix_protocols(runs: Path, tmp_path: Path) -> None:
+    make_run(runs, "other", [], 2, lambda e: e * 0.8, 10.0, protocol={"kNN": "k=20, T=0.07"})
+    with pytest.raises(ValueError, match="different protocols"):
+        write_report([runs], tmp_path / "report")
+
+
+def test_report_needs_run_directories(tmp_path: Path) -> None:
+    with pytest.raises(FileNotFoundError, match="no run directory"):
+        write_report([tmp_path], tmp_path / "out")
+
+
+def test_metrics_log_records_and_survives_a_torn_line(tmp_path: Path) -> None:
+    log = MetricsLog(tmp_path)
+    log.append("eval", epoch=1, step=10, images_seen=100, train_time_s=1.5, **{"knn/top1": 50.0})
+    log.append("train", epoch=1, step=10, images_seen=100, train_time_s=1.5, loss=float("nan"))
+    with (tmp_path / "metrics.jsonl").open("a") as f:
+        f.write('{"kind": "eval", "epo')  # a crash mid-write
+    records = read_metrics(tmp_path)
+    assert len(records) == 2 and records[0]["knn/top1"] == 50.0 and records[1]["loss"] is None
+    assert read_metrics(tmp_path, "eval") == [records[0]]
+    log.truncate_after(5)
+    assert read_metrics(tmp_path) == []
+    assert json.loads((tmp_path / "metrics.jsonl").read_text() or "[]") == []
+
+
+def test_train_clock_excludes_paused_time() -> None:
+    clock = TrainClock()
+    clock.start()
+    time.sleep(0.05)
+    with clock.paused():
+        time.sleep(0.2)
+    time.sleep(0.05)
+    clock.stop()
+    assert 0.09 <= clock.elapsed < 0.2
