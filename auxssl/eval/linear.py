@@ -43,6 +43,12 @@ class ProbeConfig:
         )
 
 
+def cosine_lr(optimizer: torch.optim.Optimizer, total_steps: int) -> torch.optim.lr_scheduler.LambdaLR:
+    """Per-step cosine decay of every group's learning rate from its initial value to 0 over ``total_steps``."""
+    total_steps = max(1, total_steps)
+    return torch.optim.lr_scheduler.LambdaLR(optimizer, lambda s: 0.5 * (1 + math.cos(math.pi * min(s, total_steps) / total_steps)))
+
+
 def probe_head(in_dim: int, num_classes: int, hidden_dim: int | None) -> nn.Module:
     if hidden_dim is None:
         return nn.Linear(in_dim, num_classes)
@@ -67,9 +73,7 @@ def train_probe(
     optimizer = torch.optim.SGD(
         head.parameters(), lr=config.lr, momentum=config.momentum, nesterov=True, weight_decay=config.weight_decay
     )
-    steps_per_epoch = math.ceil(len(train_x) / config.batch_size)
-    total = config.epochs * steps_per_epoch
-    schedule = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda s: 0.5 * (1 + math.cos(math.pi * s / total)))
+    schedule = cosine_lr(optimizer, config.epochs * math.ceil(len(train_x) / config.batch_size))
     head.train()
     loss = torch.zeros(())
     for _ in range(config.epochs):
@@ -130,8 +134,7 @@ def linear_probe_augmented(
     head = nn.Linear(test_x.shape[1], num_classes).to(device)
     optimizer = torch.optim.SGD(head.parameters(), lr=config.lr, momentum=config.momentum, nesterov=True,
                                 weight_decay=config.weight_decay)
-    total = config.epochs * len(loader)
-    schedule = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda s: 0.5 * (1 + math.cos(math.pi * s / total)))
+    schedule = cosine_lr(optimizer, config.epochs * len(loader))
     was_training = backbone.training
     backbone.eval()
     try:

@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import copy
 import json
-import math
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
@@ -26,6 +25,7 @@ from auxssl.data.loaders.tensor_loader import TensorLoader
 from auxssl.data.recipes import get_recipe
 from auxssl.eval.features import extract_features
 from auxssl.eval.knn import topk_accuracy
+from auxssl.eval.linear import cosine_lr
 from baselines.backbones import feature_dim
 
 
@@ -68,8 +68,7 @@ def finetune_semisupervised(
         [{"params": model.parameters(), "lr": config.backbone_lr}, {"params": head.parameters(), "lr": config.head_lr}],
         momentum=config.momentum, nesterov=True,
     )
-    total = max(1, config.epochs * len(loader))
-    schedule = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda s: 0.5 * (1 + math.cos(math.pi * s / total)))
+    schedule = cosine_lr(optimizer, config.epochs * len(loader))
     for epoch in range(config.epochs):
         loader.set_epoch(epoch)
         for batch in loader:
