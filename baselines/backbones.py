@@ -13,7 +13,13 @@ import torch
 from torch import nn
 from torchvision import models
 
+def _resnet10(**kwargs) -> models.ResNet:
+    """ResNet-10: one BasicBlock per stage (torchvision's ResNet class), for quick CPU experiments."""
+    return models.ResNet(models.resnet.BasicBlock, [1, 1, 1, 1], **kwargs)
+
+
 _RESNETS: dict[str, Callable[..., models.ResNet]] = {
+    "resnet10": _resnet10,
     "resnet18": models.resnet18,
     "resnet34": models.resnet34,
     "resnet50": models.resnet50,
@@ -36,13 +42,14 @@ def build_backbone(name: str, cifar_stem: bool = False, zero_init_residual: bool
     """Build a randomly initialised backbone by name.
 
     Args:
-        name: one of `BACKBONES` (ResNet-18/34/50/101, RegNetY 400MF … 128GF as in SEER).
+        name: one of `BACKBONES` (ResNet-10/18/34/50/101, RegNetY 400MF … 128GF as in SEER).
         cifar_stem: replace the ResNet stem by a 3×3 stride-1 convolution without max-pool, the usual
             CIFAR variant (He et al. 2016; SimCLR appendix B.9). Only defined for ResNets.
         zero_init_residual: zero-initialise the last BN of each residual block (Goyal et al. 2017).
     """
     if name in _RESNETS:
-        net: nn.Module = _RESNETS[name](weights=None, zero_init_residual=zero_init_residual)
+        kwargs = {} if name == "resnet10" else {"weights": None}
+        net: nn.Module = _RESNETS[name](zero_init_residual=zero_init_residual, **kwargs)
         if cifar_stem:
             net.conv1 = nn.Conv2d(3, 64, kernel_size=3, stride=1, padding=1, bias=False)
             nn.init.kaiming_normal_(net.conv1.weight, mode="fan_out", nonlinearity="relu")

@@ -52,8 +52,11 @@ def encode_views(encoder: nn.Module | Sequence[nn.Module], views: Sequence[Tenso
 
 @torch.no_grad()
 def embedding_std(z: Tensor) -> Tensor:
-    """Mean per-dimension std of L2-normalised embeddings; near 0 signals collapse, ~1/sqrt(D) is healthy."""
-    return F.normalize(z.detach().float(), dim=1).std(dim=0).mean()
+    """Collapse monitor: mean per-dimension std of L2-normalised embeddings times sqrt(D).
+
+    About 1 for embeddings spread over the sphere, near 0 when they collapse to a point (Chen & He 2021, fig. 2).
+    """
+    return F.normalize(z.detach().float(), dim=1).std(dim=0).mean() * z.shape[1] ** 0.5
 
 
 class JointEmbeddingMethod(nn.Module):

@@ -1,7 +1,7 @@
 """Loss functions of the base joint-embedding methods, as plain functions.
 
 Conventions: inputs are ``(N, D)`` embeddings of the N samples of one view each; every loss is computed in
-float32 whatever the autocast dtype; targets that the method treats as constants are detached here too, so
+at least float32 whatever the autocast dtype (float64 inputs stay float64); targets that the method treats as constants are detached here too, so
 the functions are safe to call on outputs that still carry gradients. Losses whose denominators contain
 negatives accept ``negative_weight`` (0 removes a pair, values in between down-weight it); losses over
 positive pairs accept ``weight`` per pair. Both are hooks for noise control of false negatives/positives.
@@ -16,6 +16,11 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from baselines.distributed import all_reduce_, world_size
+
+
+def at_least_float32(x: Tensor) -> Tensor:
+    """At least float32: half-precision inputs are upcast, float64 stays float64."""
+    return x if x.dtype in (torch.float32, torch.float64) else x.float()
 
 
 def _weighted_mean(values: Tensor, weight: Tensor | None) -> Tensor:
@@ -41,7 +46,7 @@ def nt_xent_loss(
             anchor sample ``i``. Entries on the diagonal are ignored: the positive always counts fully.
     """
     n = z1.shape[0]
-    z = F.normalize(torch.cat([z1, z2]).float(), dim=1)
+    z = F.normalize(at_least_float32(torch.cat([z1, z2])), dim=1)
     logits = z @ z.T / temperature
     self_pair = torch.eye(2 * n, dtype=torch.bool, device=z.device)
     logits = logits.masked_fill(self_pair, float("-inf"))
@@ -62,13 +67,13 @@ def byol_loss(p: Tensor, z: Tensor, weight: Tensor | None = None) -> Tensor:
     ``z`` (the target projection) is treated as a constant. ``weight`` is an optional per-pair weight
     (weighted mean).
     """
-    cos = F.cosine_similarity(p.float(), z.detach().float(), dim=-1)
+    cos = F.cosine_similarity(at_least_float32(p), at_least_float32(z.detach()), dim=-1)
     return _weighted_mean(2.0 - 2.0 * cos, weight)
 
 
 def simsiam_loss(p: Tensor, z: Tensor, weight: Tensor | None = None) -> Tensor:
     """SimSiam loss (Chen & He, CVPR 2021, eq. 1): mean of ``-cos(p, stopgrad(z))``."""
-    cos = F.cosine_similarity(p.float(), z.detach().float(), dim=-1)
+    cos = F.cosine_similarity(at_least_float32(p), at_least_float32(z.detach()), dim=-1)
     return _weighted_mean(-cos, weight)
 
 
@@ -86,7 +91,7 @@ def barlow_twins_loss(z1: Tensor, z2: Tensor, lambd: float = 5e-3) -> Tensor:
     ``Σ_i (1 - C_ii)² + lambd · Σ_{i≠j} C_ij²``.
     """
     n = z1.shape[0]
-    c = _standardise(z1.float()).T @ _standardise(z2.float()) / n
+    c = _standardise(at_least_float32(z1)).T @ _standardise(at_least_float32(z2)) / n
     diag = torch.diagonal(c)
     on_diag = (1.0 - diag).pow(2).sum()
     off_diag = c.pow(2).sum() - diag.pow(2).sum()
@@ -95,7 +100,7 @@ def barlow_twins_loss(z1: Tensor, z2: Tensor, lambd: float = 5e-3) -> Tensor:
 
 def vicreg_terms(z1: Tensor, z2: Tensor) -> tuple[Tensor, Tensor, Tensor]:
     """The three unweighted VICReg terms (invariance, variance, covariance); see `vicreg_loss`."""
-    z1, z2 = z1.float(), z2.float()
+    z1, z2 = at_least_float32(z1), at_least_float32(z2)
     invariance = F.mse_loss(z1, z2)
 
     def variance(z: Tensor) -> Tensor:
@@ -132,7 +137,7 @@ def sinkhorn_knopp(scores: Tensor, epsilon: float = 0.05, iterations: int = 3) -
     columns each sum to about ``batch / prototypes`` (exactly so as ``iterations`` grows). Computed without
     gradient; under torch.distributed the marginals span the global batch.
     """
-    logits = scores.detach().float() / epsilon
+    logits = at_least_float32(scores.detach()) / epsilon
     logits = logits - all_reduce_(logits.max().clone(), op="max")  # stability; cancelled by normalising
     q = torch.exp(logits).T  # prototypes × samples
     num_prototypes = q.shape[0]
@@ -157,7 +162,7 @@ def swav_loss(scores_per_view: Sequence[Tensor], q_per_view: Sequence[Tensor], t
         raise ValueError("need codes for at least one and at most all views")
     if len(scores_per_view) < 2:
         raise ValueError("swapped prediction needs at least two views")
-    log_probs = [F.log_softmax(s.float() / temperature, dim=1) for s in scores_per_view]
+    log_probs = [F.log_softmax(at_least_float32(s) / temperature, dim=1) for s in scores_per_view]
     terms = [
         -(q.detach() * log_probs[v]).sum(dim=1).mean()
         for a, q in enumerate(q_per_view)
@@ -178,9 +183,9 @@ def moco_loss(
     Args:
         negative_weight: optional ``(N, K)`` weight of each queue entry as a negative of each query.
     """
-    q = F.normalize(q.float(), dim=1)
-    k = F.normalize(k.detach().float(), dim=1)
-    queue = F.normalize(queue.detach().float(), dim=1)
+    q = F.normalize(at_least_float32(q), dim=1)
+    k = F.normalize(at_least_float32(k.detach()), dim=1)
+    queue = F.normalize(at_least_float32(queue.detach()), dim=1)
     positive = (q * k).sum(dim=1, keepdim=True) / temperature
     negatives = q @ queue.T / temperature
     if negative_weight is not None:

@@ -234,6 +234,26 @@ def _atomic_savez(path: Path, **arrays: np.ndarray) -> None:
         raise
 
 
+class ImageSubset(ImageDataset):
+    """The images of ``dataset`` at ``indices`` (labels, classes and statistics follow)."""
+
+    def __init__(self, dataset: ImageDataset, indices: Sequence[int] | np.ndarray) -> None:
+        self.dataset = dataset
+        self.indices = np.asarray(indices, dtype=np.int64)
+        self.labels = np.asarray(dataset.labels)[self.indices]
+        self.classes, self.mean, self.std = dataset.classes, dataset.mean, dataset.std
+        self.name = f"{dataset.name}-subset{len(self.indices)}"
+
+    def load(self, i: int) -> Image.Image:
+        return self.dataset.load(int(self.indices[i]))
+
+    def to_uint8(self, size: int | None = None) -> tuple[torch.Tensor, np.ndarray]:
+        images, rows = self.dataset.to_uint8(size)
+        position = {int(r): k for k, r in enumerate(rows)}
+        keep = [(i, position[int(idx)]) for i, idx in enumerate(self.indices) if int(idx) in position]
+        return images[[k for _, k in keep]], np.array([i for i, _ in keep], dtype=np.int64)
+
+
 # ----------------------------------------------------------------------------------------- named datasets
 def torchvision_dataset(name: str, root: str | Path, split: str = "train", download: bool = False) -> ArrayDataset:
     """CIFAR-10, CIFAR-100 or STL-10 through torchvision, as an in-memory `ArrayDataset`.

@@ -10,6 +10,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from baselines.heads import mlp
+from baselines.losses import at_least_float32
 from baselines.protocol import Batch
 
 
@@ -100,7 +101,7 @@ class ClassificationPretextTask(nn.Module):
         if self.head is None:
             raise RuntimeError(f"{type(self).__name__}.build(feature_dim) must be called before forward")
         inputs, labels = self.make_inputs(self.select_views(batch))
-        logits = self.head(backbone(inputs)).float()
+        logits = at_least_float32(self.head(backbone(inputs)))
         loss = F.cross_entropy(logits, labels)
         accuracy = (logits.detach().argmax(dim=1) == labels).float().mean()
         return {"loss": loss, "acc": accuracy}

@@ -24,7 +24,9 @@ class MultiViewLoader(Protocol):
 
     def __len__(self) -> int: ...
 
-    def set_epoch(self, epoch: int) -> None: ...
+    def set_epoch(self, epoch: int, start_batch: int = 0) -> None:
+        """Select the epoch to iterate next, starting at batch ``start_batch`` (resuming mid-epoch)."""
+        ...
 
 
 def derive_seed(*parts: int) -> int:

@@ -112,7 +112,7 @@ class FFCVLoader:
         from ffcv.transforms import RandomHorizontalFlip, Squeeze, ToDevice, ToTensor, ToTorchImage
 
         self.device = torch.device(device)
-        self.recipe, self.batch_size, self.seed, self.epoch = recipe, batch_size, seed, 0
+        self.recipe, self.batch_size, self.seed, self.epoch, self.start_batch = recipe, batch_size, seed, 0, 0
         self.labels = None if labels is None else torch.as_tensor(np.asarray(labels, dtype=np.int64), device=self.device)
         pipelines: dict[str, object] = {}
         for v, spec in enumerate(recipe.views):
@@ -140,8 +140,9 @@ class FFCVLoader:
         ).to(self.device)
         self.drop_last = drop_last
 
-    def set_epoch(self, epoch: int) -> None:
-        self.epoch = epoch
+    def set_epoch(self, epoch: int, start_batch: int = 0) -> None:
+        """FFCV cannot start mid-epoch: the first ``start_batch`` batches are decoded and dropped."""
+        self.epoch, self.start_batch = epoch, start_batch
         self.loader.next_epoch = epoch
 
     def __len__(self) -> int:
@@ -150,6 +151,8 @@ class FFCVLoader:
     def __iter__(self) -> Iterator[Batch]:
         devices = [self.device] if self.device.type == "cuda" else []
         for b, (index, *views) in enumerate(self.loader):  # file fields first, then the views
+            if b < self.start_batch:
+                continue
             with torch.no_grad(), torch.random.fork_rng(devices=devices):
                 torch.manual_seed(derive_seed(self.seed, self.epoch, b, 3))
                 views = [aug(v.float().div_(255.0)) for aug, v in zip(self.colour, views)]

@@ -79,12 +79,12 @@ class TensorLoader:
         self.images = images.to(self.device)
         self.skipped = len(dataset) - len(self.rows)
         self.recipe, self.batch_size, self.labels = recipe, batch_size, labels
-        self.seed, self.shuffle, self.drop_last, self.epoch = seed, shuffle, drop_last, 0
+        self.seed, self.shuffle, self.drop_last, self.epoch, self.start_batch = seed, shuffle, drop_last, 0, 0
         self.augmentations = nn.ModuleList(kornia_augmentation(s, dataset.mean, dataset.std) for s in recipe.views)
         self.augmentations.to(self.device)
 
-    def set_epoch(self, epoch: int) -> None:
-        self.epoch = epoch
+    def set_epoch(self, epoch: int, start_batch: int = 0) -> None:
+        self.epoch, self.start_batch = epoch, start_batch
 
     def __len__(self) -> int:
         return num_batches(len(self.rows), self.batch_size, self.drop_last)
@@ -100,7 +100,7 @@ class TensorLoader:
 
     def __iter__(self) -> Iterator[Batch]:
         order = epoch_order(len(self.rows), self.seed, self.epoch, self.shuffle)
-        for b in range(len(self)):
+        for b in range(self.start_batch, len(self)):
             positions = order[b * self.batch_size : (b + 1) * self.batch_size]
             rows = self.rows[positions.numpy()]
             views = self.augment(self.images[positions.to(self.device)], derive_seed(self.seed, self.epoch, b, 2))

@@ -45,14 +45,15 @@ class _SeededSampler(Sampler[tuple[int, int]]):
     """Yields ``(dataset position, per-sample seed)`` for one epoch; `set_epoch` selects the epoch."""
 
     def __init__(self, n: int, seed: int, shuffle: bool) -> None:
-        self.n, self.seed, self.shuffle, self.epoch = n, seed, shuffle, 0
+        self.n, self.seed, self.shuffle, self.epoch, self.start = n, seed, shuffle, 0, 0
 
     def __len__(self) -> int:
-        return self.n
+        return self.n - self.start
 
     def __iter__(self) -> Iterator[tuple[int, int]]:
-        for position, row in enumerate(epoch_order(self.n, self.seed, self.epoch, self.shuffle).tolist()):
-            yield row, derive_seed(self.seed, self.epoch, position, 1)
+        order = epoch_order(self.n, self.seed, self.epoch, self.shuffle).tolist()
+        for position in range(self.start, self.n):
+            yield order[position], derive_seed(self.seed, self.epoch, position, 1)
 
 
 class _MultiViewDataset(Dataset):
@@ -117,8 +118,8 @@ class TorchvisionLoader:
         )
         self.skipped = 0
 
-    def set_epoch(self, epoch: int) -> None:
-        self.sampler.epoch = epoch
+    def set_epoch(self, epoch: int, start_batch: int = 0) -> None:
+        self.sampler.epoch, self.sampler.start = epoch, start_batch * self.batch_size
 
     def __len__(self) -> int:
         return num_batches(len(self.dataset), self.batch_size, self.drop_last)

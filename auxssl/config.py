@@ -1,0 +1,240 @@
+"""Typed run configuration, loaded from YAML with strict key checking and ``--set key=value`` overrides.
+
+An unknown or misspelled key fails before anything runs, naming the key, the valid keys and the closest match.
+The resolved configuration is saved in the run directory as ``config.yaml``.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import difflib
+import types
+import typing
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+
+class ConfigError(ValueError):
+    """A configuration that cannot be used: unknown key, wrong type or invalid value."""
+
+
+@dataclass
+class DataConfig:
+    dataset: str = "digits"  # see auxssl.data.DATASETS
+    root: str | None = None
+    download: bool = False
+    backend: str = "tensor"  # torchvision | tensor | ffcv
+    recipe: str = "simclr"  # see auxssl.data.RECIPES
+    image_size: int = 32
+    batch_size: int = 256
+    num_workers: int = 2
+    train_subset: int | None = None  # use only the first N training images (quick runs); None: all
+    reveal_labels: float = 0.0  # fraction of training labels the loader reveals (online probe, noise control)
+
+
+@dataclass
+class ModelConfig:
+    backbone: str = "resnet18"
+    cifar_stem: bool = True
+    method: str = "byol"  # see baselines.METHODS
+    method_args: dict[str, Any] = field(default_factory=dict)  # keyword arguments of the method class
+
+
+@dataclass
+class TaskConfig:
+    name: str = "rotation"  # rotation | jigsaw
+    weight: float = 0.1
+    args: dict[str, Any] = field(default_factory=dict)  # keyword arguments of the task class
+
+
+@dataclass
+class OptimConfig:
+    name: str = "sgd"  # sgd | lars | adamw
+    lr: float = 0.05  # base learning rate for a batch of 256 (scaled linearly with the batch size)
+    weight_decay: float = 5e-4
+    momentum: float = 0.9
+    warmup_epochs: float = 10.0
+    min_lr_ratio: float = 0.0  # final lr = lr · min_lr_ratio (cosine)
+    lars_eta: float = 0.02
+    betas: tuple[float, float] = (0.9, 0.999)
+
+
+@dataclass
+class TrainConfig:
+    epochs: int = 200
+    seed: int = 0
+    device: str = "auto"  # auto | cpu | cuda | cuda:N
+    precision: str = "auto"  # auto | fp32 | bf16 | fp16 (auto: bf16 where native, else fp32)
+    channels_last: bool = True
+    compile: bool = False
+    activation_checkpointing: bool = False
+    deterministic: bool = False
+    log_every_steps: int = 20
+    checkpoint_every_steps: int = 0  # 0: only at epoch ends
+    checkpoint_every_epochs: int = 1
+    collapse_threshold: float = 0.2  # warn when stat/z_std · sqrt(dim) falls below this
+    progress: bool = True
+
+
+@dataclass
+class EvalConfig:
+    every_epochs: int = 5
+    test_subset: int | None = None  # evaluate on the first N test images only (quick runs); None: all
+    knn_k: int = 200
+    knn_temperature: float = 0.1
+    linear: bool = False  # offline linear probe at the final evaluation
+    online_linear: bool = False  # online linear probe on detached features (needs revealed labels)
+
+
+@dataclass
+class RunConfig:
+    name: str = "run"
+    output_dir: str = "runs"
+    data: DataConfig = field(default_factory=DataConfig)
+    model: ModelConfig = field(default_factory=ModelConfig)
+    tasks: list[TaskConfig] = field(default_factory=list)
+    optim: OptimConfig = field(default_factory=OptimConfig)
+    train: TrainConfig = field(default_factory=TrainConfig)
+    eval: EvalConfig = field(default_factory=EvalConfig)
+
+    @property
+    def run_dir(self) -> Path:
+        return Path(self.output_dir) / self.name
+
+
+def _unknown_key(key: str, valid: list[str], where: str) -> ConfigError:
+    close = difflib.get_close_matches(key, valid, n=1)
+    hint = f"; did you mean {close[0]!r}?" if close else ""
+    return ConfigError(f"unknown config key {where + key!r}{hint} (valid keys: {', '.join(valid)})")
+
+
+def _coerce(value: Any, annotation: Any, where: str) -> Any:
+    origin = typing.get_origin(annotation)
+    args = typing.get_args(annotation)
+    if dataclasses.is_dataclass(annotation):
+        return from_dict(annotation, value, where)
+    if origin in (typing.Union, types.UnionType):
+        if value is None and type(None) in args:
+            return None
+        for arg in args:
+            if arg is type(None):
+                continue
+            try:
+                return _coerce(value, arg, where)
+            except ConfigError:
+                continue
+        raise ConfigError(f"{where.rstrip('.')}: {value!r} is not a {annotation}")
+    if origin is list:
+        if not isinstance(value, list):
+            raise ConfigError(f"{where.rstrip('.')}: expected a list, got {value!r}")
+        return [_coerce(v, args[0], f"{where}[{i}].") for i, v in enumerate(value)]
+    if origin is tuple:
+        if not isinstance(value, (list, tuple)) or len(value) != len(args):
+            raise ConfigError(f"{where.rstrip('.')}: expected {len(args)} values, got {value!r}")
+        return tuple(_coerce(v, a, where) for v, a in zip(value, args))
+    if origin is dict:
+        if not isinstance(value, dict):
+            raise ConfigError(f"{where.rstrip('.')}: expected a mapping, got {value!r}")
+        return dict(value)
+    if annotation is Any:
+        return value
+    if annotation is float and isinstance(value, (int, float)) and not isinstance(value, bool):
+        return float(value)
+    if annotation is float and isinstance(value, str):  # PyYAML reads 1e-5 (no dot) as a string
+        try:
+            return float(value)
+        except ValueError:
+            pass
+    if annotation in (int, str, bool) and isinstance(value, annotation) and not (annotation is int and isinstance(value, bool)):
+        return value
+    raise ConfigError(f"{where.rstrip('.')}: expected {getattr(annotation, '__name__', annotation)}, got {value!r}")
+
+
+def from_dict(cls: type, data: dict[str, Any] | None, where: str = "") -> Any:
+    """Build dataclass ``cls`` from a mapping, rejecting unknown keys and wrongly typed values."""
+    if data is None:
+        data = {}
+    if not isinstance(data, dict):
+        raise ConfigError(f"{where.rstrip('.') or 'config'}: expected a mapping, got {data!r}")
+    hints = typing.get_type_hints(cls)
+    fields = [f.name for f in dataclasses.fields(cls)]
+    kwargs = {}
+    for key, value in data.items():
+        if key not in fields:
+            raise _unknown_key(key, fields, where)
+        kwargs[key] = _coerce(value, hints[key], f"{where}{key}.")
+    return cls(**kwargs)
+
+
+def to_dict(config: Any) -> dict[str, Any]:
+    def convert(value: Any) -> Any:
+        if isinstance(value, tuple):
+            return list(value)
+        if isinstance(value, list):
+            return [convert(v) for v in value]
+        if isinstance(value, dict):
+            return {k: convert(v) for k, v in value.items()}
+        return value
+
+    return convert(dataclasses.asdict(config))
+
+
+def apply_overrides(data: dict[str, Any], overrides: list[str]) -> dict[str, Any]:
+    """Apply ``a.b.c=value`` overrides (values parsed as YAML) to a nested mapping."""
+    for item in overrides:
+        if "=" not in item:
+            raise ConfigError(f"override {item!r} must look like key.subkey=value")
+        dotted, raw = item.split("=", 1)
+        node = data
+        parts = dotted.split(".")
+        for part in parts[:-1]:
+            node = node.setdefault(part, {})
+            if not isinstance(node, dict):
+                raise ConfigError(f"override {item!r}: {part!r} is not a section")
+        node[parts[-1]] = yaml.safe_load(raw)
+    return data
+
+
+def load_config(path: str | Path | None = None, overrides: list[str] | None = None) -> RunConfig:
+    """Read a YAML config (or the defaults), apply overrides, validate everything."""
+    data: dict[str, Any] = {}
+    if path is not None:
+        path = Path(path)
+        if not path.is_file():
+            raise ConfigError(f"config file {path} does not exist")
+        data = yaml.safe_load(path.read_text()) or {}
+    data = apply_overrides(data, overrides or [])
+    config = from_dict(RunConfig, data)
+    validate(config)
+    return config
+
+
+def validate(config: RunConfig) -> None:
+    from auxssl.data import BACKENDS, DATASETS, RECIPES
+    from baselines import BACKBONES, METHODS
+
+    choices = {
+        "data.dataset": (config.data.dataset, DATASETS),
+        "data.backend": (config.data.backend, BACKENDS),
+        "data.recipe": (config.data.recipe, tuple(RECIPES)),
+        "model.backbone": (config.model.backbone, BACKBONES),
+        "model.method": (config.model.method, tuple(METHODS)),
+        "optim.name": (config.optim.name, ("sgd", "lars", "adamw")),
+        "train.precision": (config.train.precision, ("auto", "fp32", "bf16", "fp16")),
+    }
+    for i, task in enumerate(config.tasks):
+        choices[f"tasks[{i}].name"] = (task.name, ("rotation", "jigsaw"))
+    for key, (value, valid) in choices.items():
+        if value not in valid:
+            close = difflib.get_close_matches(str(value), list(valid), n=1)
+            hint = f"; did you mean {close[0]!r}?" if close else ""
+            raise ConfigError(f"{key}={value!r} is not one of {', '.join(valid)}{hint}")
+    if config.train.epochs <= 0 or config.data.batch_size <= 1:
+        raise ConfigError("train.epochs must be positive and data.batch_size at least 2")
+
+
+def save_config(config: RunConfig, path: str | Path) -> None:
+    Path(path).write_text(yaml.safe_dump(to_dict(config), sort_keys=False))

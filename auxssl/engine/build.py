@@ -1,0 +1,66 @@
+"""Build the pieces of a run from its configuration: datasets, model, loader."""
+
+from __future__ import annotations
+
+import numpy as np
+import torch
+from torch import nn
+
+from auxssl.config import RunConfig
+from auxssl.data import build_loader, get_dataset, get_recipe, reveal_labels
+from auxssl.data.datasets import ImageDataset, ImageSubset
+from auxssl.data.loaders import MultiViewLoader
+from auxssl.tasks import JigsawPrediction, RotationPrediction
+from auxssl.wrapper import AuxWrapper
+from baselines import METHODS, build_backbone
+
+TASKS = {"rotation": RotationPrediction, "jigsaw": JigsawPrediction}
+
+
+def build_datasets(config: RunConfig) -> tuple[ImageDataset, ImageDataset]:
+    """The training split (first ``data.train_subset`` images when set) and the test split (``eval`` subset)."""
+    data = config.data
+    train = get_dataset(data.dataset, "train", data.root, data.download)
+    test = get_dataset(data.dataset, "test", data.root, data.download)
+    if data.train_subset is not None and data.train_subset < len(train):
+        train = ImageSubset(train, np.arange(data.train_subset))
+    if config.eval.test_subset is not None and config.eval.test_subset < len(test):
+        test = ImageSubset(test, np.arange(config.eval.test_subset))
+    return train, test
+
+
+def build_model(config: RunConfig) -> nn.Module:
+    """The base method on its backbone, wrapped with the configured auxiliary tasks (if any)."""
+    backbone = build_backbone(config.model.backbone, cifar_stem=config.model.cifar_stem)
+    try:
+        method = METHODS[config.model.method](backbone, **config.model.method_args)
+    except TypeError as err:
+        raise ValueError(f"model.method_args do not fit {config.model.method}: {err}") from err
+    if not config.tasks:
+        return method
+    tasks = []
+    for task in config.tasks:
+        try:
+            tasks.append(TASKS[task.name](weight=task.weight, **task.args))
+        except TypeError as err:
+            raise ValueError(f"tasks: args do not fit {task.name}: {err}") from err
+    return AuxWrapper(method, tasks)
+
+
+def build_train_loader(
+    config: RunConfig, train: ImageDataset, device: torch.device, rank: int = 0, world_size: int = 1
+) -> MultiViewLoader:
+    """The training loader; under torch.distributed each process loads its own disjoint share of the data."""
+    data = config.data
+    recipe = get_recipe(data.recipe, data.image_size)
+    labels = reveal_labels(train.labels, data.reveal_labels, config.train.seed) if data.reveal_labels > 0 else None
+    if world_size > 1:
+        if data.batch_size % world_size:
+            raise ValueError(f"data.batch_size={data.batch_size} must be divisible by the {world_size} processes")
+        shard = np.arange(rank, len(train), world_size)
+        train = ImageSubset(train, shard)
+        labels = None if labels is None else labels[shard]
+    return build_loader(
+        data.backend, train, recipe, data.batch_size // world_size, labels=labels, device=device,
+        seed=config.train.seed, num_workers=data.num_workers,
+    )

@@ -1,0 +1,100 @@
+"""Multi-process training with torchrun: process group, synchronised batch norm, DDP.
+
+``nn.SyncBatchNorm`` only runs on CUDA; `AllReduceBatchNorm` gives the same statistics on any device (gloo on
+CPU included) by all-reducing per-channel sums with autograd, so CPU runs and tests match the single-process
+computation on the global batch.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+
+import torch
+import torch.distributed as dist
+from torch import Tensor, nn
+from torch.nn.modules.batchnorm import _BatchNorm
+
+
+@dataclass(frozen=True)
+class DistributedContext:
+    rank: int = 0
+    world_size: int = 1
+    local_rank: int = 0
+
+    @property
+    def is_main(self) -> bool:
+        return self.rank == 0
+
+    @property
+    def enabled(self) -> bool:
+        return self.world_size > 1
+
+
+def init_distributed(device_type: str) -> DistributedContext:
+    """Join the process group torchrun describes (``RANK``, ``WORLD_SIZE``, ``LOCAL_RANK``); single process otherwise."""
+    world = int(os.environ.get("WORLD_SIZE", "1"))
+    if world <= 1:
+        return DistributedContext()
+    if not dist.is_initialized():
+        dist.init_process_group(backend="nccl" if device_type == "cuda" else "gloo")
+    local_rank = int(os.environ.get("LOCAL_RANK", "0"))
+    if device_type == "cuda":
+        torch.cuda.set_device(local_rank)
+    return DistributedContext(dist.get_rank(), dist.get_world_size(), local_rank)
+
+
+class AllReduceBatchNorm(_BatchNorm):
+    """Batch norm whose training statistics span every process (biased variance for normalising, unbiased
+    for the running estimate, as `nn.BatchNorm`); identical to `nn.BatchNorm*d` in one process or in eval mode."""
+
+    def _check_input_dim(self, x: Tensor) -> None:
+        if x.dim() < 2:
+            raise ValueError(f"expected at least 2-D input, got {x.dim()}-D")
+
+    def forward(self, x: Tensor) -> Tensor:
+        if not (self.training and dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1):
+            return super().forward(x)
+        from torch.distributed.nn.functional import all_reduce
+
+        dims = [0, *range(2, x.dim())]
+        channels = x.shape[1]
+        shape = [1, channels] + [1] * (x.dim() - 2)
+        xf = x if x.dtype in (torch.float32, torch.float64) else x.float()
+        count = torch.tensor([x.numel() / channels], device=x.device, dtype=xf.dtype)
+        sums = all_reduce(torch.cat([xf.sum(dims), count]))  # two passes, like native BN: no E[x²]-mean² cancellation
+        total = sums[-1]
+        mean = sums[:channels] / total
+        centred = xf - mean.view(shape)
+        var = all_reduce(centred.square().sum(dims)) / total
+        if self.track_running_stats and self.running_mean is not None:
+            with torch.no_grad():
+                momentum = 0.1 if self.momentum is None else self.momentum
+                self.running_mean.lerp_(mean.detach().to(self.running_mean.dtype), momentum)
+                unbiased = var.detach() * total / (total - 1).clamp_min(1)
+                self.running_var.lerp_(unbiased.to(self.running_var.dtype), momentum)
+                self.num_batches_tracked.add_(1)
+        y = centred * torch.rsqrt(var.view(shape) + self.eps)
+        if self.affine:
+            y = y * self.weight.view(shape) + self.bias.view(shape)
+        return y.to(x.dtype)
+
+
+def convert_batchnorm(module: nn.Module, device_type: str) -> nn.Module:
+    """Synchronise every batch norm across processes: `nn.SyncBatchNorm` on CUDA, `AllReduceBatchNorm` elsewhere."""
+    if device_type == "cuda":
+        return nn.SyncBatchNorm.convert_sync_batchnorm(module)
+    if isinstance(module, _BatchNorm) and not isinstance(module, AllReduceBatchNorm):
+        new = AllReduceBatchNorm(module.num_features, module.eps, module.momentum, module.affine, module.track_running_stats)
+        reference = module.weight if module.affine else module.running_mean
+        if reference is not None:  # keep the original's dtype and device
+            new.to(device=reference.device, dtype=reference.dtype)
+        new.load_state_dict(module.state_dict())
+        if module.affine:  # frozen (target) networks stay frozen
+            new.weight.requires_grad_(module.weight.requires_grad)
+            new.bias.requires_grad_(module.bias.requires_grad)
+        new.train(module.training)
+        return new
+    for name, child in module.named_children():
+        setattr(module, name, convert_batchnorm(child, device_type))
+    return module

@@ -1,0 +1,63 @@
+"""Device and mixed-precision choices, made explicit."""
+
+from __future__ import annotations
+
+import contextlib
+from dataclasses import dataclass
+
+import torch
+
+
+def resolve_device(name: str) -> torch.device:
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    device = torch.device(name)
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise RuntimeError(f"device {name!r} requested but CUDA is not available")
+    return device
+
+
+def native_bf16(device: torch.device) -> bool:
+    """bf16 that is fast here: CUDA with bf16 support, or a CPU with native bf16 (AVX512-BF16/AMX via oneDNN).
+
+    On AVX2-only CPUs bf16 autocast is emulated and ~20× slower than fp32.
+    """
+    if device.type == "cuda":
+        return torch.cuda.is_bf16_supported()
+    return bool(torch.ops.mkldnn._is_mkldnn_bf16_supported())
+
+
+@dataclass(frozen=True)
+class Precision:
+    """The autocast dtype (None: fp32) and whether a GradScaler is needed (fp16 on CUDA)."""
+
+    dtype: torch.dtype | None
+    device_type: str
+
+    @property
+    def name(self) -> str:
+        return {None: "fp32", torch.bfloat16: "bf16", torch.float16: "fp16"}[self.dtype]
+
+    @property
+    def needs_scaler(self) -> bool:
+        return self.dtype is torch.float16 and self.device_type == "cuda"
+
+    def autocast(self) -> contextlib.AbstractContextManager:
+        if self.dtype is None:
+            return contextlib.nullcontext()
+        return torch.autocast(self.device_type, dtype=self.dtype)
+
+
+def resolve_precision(name: str, device: torch.device) -> Precision:
+    """``auto``: bf16 where native (see `native_bf16`), else fp32; ``fp16`` only on CUDA (with a GradScaler)."""
+    if name == "auto":
+        return Precision(torch.bfloat16 if native_bf16(device) else None, device.type)
+    if name == "fp32":
+        return Precision(None, device.type)
+    if name == "bf16":
+        return Precision(torch.bfloat16, device.type)
+    if name == "fp16":
+        if device.type != "cuda":
+            raise ValueError("fp16 mixed precision needs CUDA; use bf16 or fp32 on CPU")
+        return Precision(torch.float16, device.type)
+    raise ValueError(f"unknown precision {name!r}; choose auto, fp32, bf16 or fp16")

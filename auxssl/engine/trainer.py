@@ -1,0 +1,367 @@
+"""The training loop: explicit and linear, in the spirit of DINO's.
+
+One step: learning rate from the precomputed schedule → autocast forward → finite-loss check → backward (with a
+GradScaler for CUDA fp16) → method hook → optimiser step → EMA of the momentum pairs with the precomputed τ.
+Evaluations run with the training clock paused; checkpoints hold the full state and are written atomically.
+"""
+
+from __future__ import annotations
+
+import logging
+import random
+import warnings
+from dataclasses import asdict
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from torch import Tensor, nn
+from torch.utils.checkpoint import checkpoint
+
+from auxssl.config import RunConfig, save_config, to_dict
+from auxssl.engine.build import build_datasets, build_model, build_train_loader
+from auxssl.engine.checkpoint import (
+    atomic_save,
+    checkpoint_path,
+    find_last_checkpoint,
+    load_checkpoint,
+    prune_checkpoints,
+    rng_state,
+    set_rng_state,
+)
+from auxssl.engine.distributed import DistributedContext, convert_batchnorm, init_distributed
+from auxssl.engine.optim import build_optimizer
+from auxssl.engine.precision import resolve_device, resolve_precision
+from auxssl.engine.schedules import ema_schedule, warmup_cosine
+from auxssl.eval.features import extract_features
+from auxssl.eval.knn import KNNProtocol, knn_evaluate
+from auxssl.eval.linear import OnlineLinearProbe, ProbeConfig, linear_probe
+from auxssl.eval.tracker import MetricsLog, RunInfo, TrainClock, write_run_info
+from baselines.backbones import feature_dim
+from baselines.protocol import Batch
+
+logger = logging.getLogger("auxssl")
+
+
+class NonFiniteLossError(RuntimeError):
+    """The loss became NaN or infinite; training stopped and the last good checkpoint was kept."""
+
+
+class CheckpointedStage(nn.Sequential):
+    """A ResNet stage whose activations are recomputed in the backward pass (SEER's activation checkpointing).
+
+    Same children, hence the same parameter names, as the `nn.Sequential` it replaces.
+    """
+
+    def forward(self, x: Tensor) -> Tensor:
+        if self.training and torch.is_grad_enabled():
+            return checkpoint(super().forward, x, use_reentrant=False)
+        return super().forward(x)
+
+
+def enable_activation_checkpointing(backbone: nn.Module) -> None:
+    stages = [n for n in ("layer1", "layer2", "layer3", "layer4", "trunk_output") if isinstance(getattr(backbone, n, None), nn.Sequential)]
+    if not stages:
+        raise ValueError("activation checkpointing supports torchvision ResNet and RegNet backbones")
+    for name in stages:
+        setattr(backbone, name, CheckpointedStage(*getattr(backbone, name)))
+
+
+def seed_everything(seed: int, deterministic: bool) -> None:
+    random.seed(seed)
+    np.random.seed(seed)
+    torch.manual_seed(seed)
+    if deterministic:
+        torch.use_deterministic_algorithms(True, warn_only=True)
+        torch.backends.cudnn.benchmark = False
+
+
+class FeatureTap:
+    """Keeps the first backbone output of each step (the base method's unrotated views) for the online probe."""
+
+    def __init__(self, backbone: nn.Module) -> None:
+        self.features: Tensor | None = None
+        self.handle = backbone.register_forward_hook(self._hook)
+
+    def _hook(self, module: nn.Module, args: Any, output: Tensor) -> None:
+        if self.features is None:
+            self.features = output.detach()
+
+    def take(self) -> Tensor | None:
+        features, self.features = self.features, None
+        return features
+
+
+class Trainer:
+    """Trains one run described by a `RunConfig` into ``config.run_dir``."""
+
+    def __init__(self, config: RunConfig, resume: bool = False) -> None:
+        self.config = config
+        self.device = resolve_device(config.train.device)
+        self.dist: DistributedContext = init_distributed(self.device.type)
+        if self.dist.enabled and self.device.type == "cuda":
+            self.device = torch.device("cuda", self.dist.local_rank)
+        self.precision = resolve_precision(config.train.precision, self.device)
+        seed_everything(config.train.seed, config.train.deterministic)
+        self.run_dir = config.run_dir
+        self.train_set, self.test_set = build_datasets(config)
+        self.loader = build_train_loader(config, self.train_set, self.device, self.dist.rank, self.dist.world_size)
+
+        self.model = build_model(config)
+        if config.train.activation_checkpointing:
+            enable_activation_checkpointing(self.model.backbone)
+        if self.dist.enabled:
+            self.model = convert_batchnorm(self.model, self.device.type)
+        memory_format = torch.channels_last if config.train.channels_last else torch.preserve_format
+        self.model.to(self.device, memory_format=memory_format)
+        self.forward = self.model
+        if self.dist.enabled:
+            self.forward = nn.parallel.DistributedDataParallel(
+                self.model, device_ids=[self.device.index] if self.device.type == "cuda" else None
+            )
+        if config.train.compile:
+            self.forward = torch.compile(self.forward)
+
+        optim = config.optim
+        self.base_lr = optim.lr * config.data.batch_size / 256
+        self.optimizer = build_optimizer(self.model.param_groups(), optim.name, self.base_lr, optim.weight_decay,
+                                         optim.momentum, optim.lars_eta, optim.betas)
+        self.steps_per_epoch = len(self.loader)
+        if self.steps_per_epoch == 0:
+            raise ValueError(f"data.batch_size={config.data.batch_size} exceeds the {len(self.train_set)} training images")
+        self.total_steps = config.train.epochs * self.steps_per_epoch
+        self.lr_schedule = warmup_cosine(self.base_lr, self.total_steps, round(optim.warmup_epochs * self.steps_per_epoch),
+                                         self.base_lr * optim.min_lr_ratio)
+        base_tau = getattr(self.model, "base_tau", None)
+        self.tau_schedule = ema_schedule(base_tau, self.total_steps) if base_tau is not None else None
+        self.scaler = torch.amp.GradScaler(self.device.type) if self.precision.needs_scaler else None
+
+        self.knn_protocol = KNNProtocol(config.eval.knn_k, config.eval.knn_temperature)
+        self.online_probe: OnlineLinearProbe | None = None
+        self.tap: FeatureTap | None = None
+        if config.eval.online_linear:
+            if config.data.reveal_labels <= 0:
+                raise ValueError("eval.online_linear needs revealed labels: set data.reveal_labels > 0")
+            num_classes = int(self.train_set.labels.max()) + 1
+            self.online_probe = OnlineLinearProbe(feature_dim(self.model.backbone), num_classes).to(self.device)
+            self.tap = FeatureTap(self.model.backbone)
+
+        self.step = 0
+        self.epoch = 0
+        self.batch_in_epoch = 0
+        self.images_seen = 0
+        self.clock = TrainClock()
+        self.log = MetricsLog(self.run_dir) if self.dist.is_main else None
+        self.writer = self._tensorboard()
+        if resume:
+            self._resume()
+        elif self.dist.is_main and (self.run_dir / "metrics.jsonl").exists():
+            raise FileExistsError(f"{self.run_dir} already holds a run: pass --resume to continue it or choose another name")
+        if self.dist.is_main:
+            self.run_dir.mkdir(parents=True, exist_ok=True)
+            save_config(config, self.run_dir / "config.yaml")
+            write_run_info(self.run_dir, self.run_info())
+
+    # ------------------------------------------------------------------------------------------ bookkeeping
+    def run_info(self) -> RunInfo:
+        protocol = {"kNN": self.knn_protocol.describe()}
+        if self.config.eval.linear:
+            protocol["linear"] = ProbeConfig().describe()
+        return RunInfo(name=self.config.name, method=self.config.model.method, dataset=self.config.data.dataset,
+                       tasks=[t.name for t in self.config.tasks], seed=self.config.train.seed,
+                       epochs=self.config.train.epochs, protocol=protocol)
+
+    def _tensorboard(self) -> Any:
+        if not self.dist.is_main:
+            return None
+        try:
+            from torch.utils.tensorboard import SummaryWriter
+        except ImportError:
+            return None
+        return SummaryWriter(str(self.run_dir / "tensorboard"))
+
+    def state(self) -> dict[str, Any]:
+        return {
+            "model": self.model.state_dict(),
+            "backbone": self.model.backbone.state_dict(),
+            "optimizer": self.optimizer.state_dict(),
+            "scaler": self.scaler.state_dict() if self.scaler else None,
+            "online_probe": None if self.online_probe is None else {
+                "head": self.online_probe.state_dict(), "optimizer": self.online_probe.optimizer.state_dict()},
+            "step": self.step, "epoch": self.epoch, "batch_in_epoch": self.batch_in_epoch,
+            "images_seen": self.images_seen, "train_time_s": self.clock.elapsed,
+            "rng": rng_state(), "config": to_dict(self.config),
+        }
+
+    def save_checkpoint(self) -> Path | None:
+        """Write the full state atomically; weights that are no longer finite are never checkpointed."""
+        if not self.dist.is_main:
+            return None
+        if not all(bool(torch.isfinite(p).all()) for p in self.model.parameters()):
+            raise NonFiniteLossError(
+                f"weights became non-finite at epoch {self.epoch}, step {self.step}; not checkpointed. "
+                f"Last good checkpoint: {find_last_checkpoint(self.run_dir) or 'none yet'}. Lower optim.lr."
+            )
+        path = checkpoint_path(self.run_dir, self.step)
+        atomic_save(self.state(), path)
+        prune_checkpoints(self.run_dir)
+        return path
+
+    def _resume(self) -> None:
+        path = find_last_checkpoint(self.run_dir)
+        if path is None:
+            logger.info("no checkpoint in %s: starting from scratch", self.run_dir)
+            return
+        state = load_checkpoint(path)
+        self.model.load_state_dict(state["model"])
+        self.optimizer.load_state_dict(state["optimizer"])
+        if self.scaler is not None and state["scaler"] is not None:
+            self.scaler.load_state_dict(state["scaler"])
+        if self.online_probe is not None and state["online_probe"] is not None:
+            self.online_probe.load_state_dict(state["online_probe"]["head"])
+            self.online_probe.optimizer.load_state_dict(state["online_probe"]["optimizer"])
+        self.step, self.epoch, self.batch_in_epoch = state["step"], state["epoch"], state["batch_in_epoch"]
+        self.images_seen = state["images_seen"]
+        self.clock = TrainClock(state["train_time_s"])
+        set_rng_state(state["rng"])
+        if self.log is not None:
+            self.log.truncate_after(self.step)
+        logger.info("resumed %s at epoch %d, step %d", path, self.epoch, self.step)
+
+    # ------------------------------------------------------------------------------------------------ loop
+    def train_step(self, batch: Batch) -> dict[str, Tensor]:
+        lr = float(self.lr_schedule[self.step])
+        for group in self.optimizer.param_groups:
+            group["lr"] = self.base_lr if group.get("fixed_lr") else lr
+        if self.config.train.channels_last:
+            batch.views = [v.contiguous(memory_format=torch.channels_last) for v in batch.views]
+        with self.precision.autocast():
+            out = self.forward(batch)
+        loss = out["loss"]
+        if not torch.isfinite(loss):
+            terms = {k: round(float(v), 4) for k, v in out.items()}
+            last = find_last_checkpoint(self.run_dir)
+            raise NonFiniteLossError(
+                f"loss is {float(loss)} at epoch {self.epoch}, step {self.step} (terms {terms}); training stopped "
+                f"before the update. Last good checkpoint: {last or 'none yet'}. Lower optim.lr or use fp32."
+            )
+        self.optimizer.zero_grad(set_to_none=True)
+        if self.scaler is not None:
+            self.scaler.scale(loss).backward()
+            self.scaler.unscale_(self.optimizer)
+        else:
+            loss.backward()
+        hook = getattr(self.model, "on_before_optimizer_step", None)
+        if hook is not None:
+            hook(self.step)
+        if self.scaler is not None:
+            self.scaler.step(self.optimizer)
+            self.scaler.update()
+        else:
+            self.optimizer.step()
+        if self.tau_schedule is not None:
+            self.model.momentum_update(float(self.tau_schedule[self.step]))
+        if self.online_probe is not None and self.tap is not None:
+            features = self.tap.take()
+            if features is not None and batch.label is not None:
+                out.update({k: torch.tensor(v) for k, v in self.online_probe.update(features[: batch.size], batch.label).items()})
+        out["lr"] = torch.tensor(lr)
+        return out
+
+    def evaluate(self, final: bool = False) -> dict[str, float]:
+        """kNN (and, at the end, the linear probe) on the backbone; the training clock is paused meanwhile."""
+        with self.clock.paused():
+            backbone = self.model.backbone
+            train_x, train_y = extract_features(backbone, self.train_set, device=self.device)
+            test_x, test_y = extract_features(backbone, self.test_set, device=self.device)
+            results = knn_evaluate(train_x, train_y, test_x, test_y, self.knn_protocol)
+            if final and self.config.eval.linear:
+                results.update(linear_probe(train_x, train_y, test_x, test_y, ProbeConfig()))
+        return results
+
+    def _log(self, kind: str, metrics: dict[str, float]) -> None:
+        if self.log is None:
+            return
+        self.log.append(kind, epoch=self.epoch, step=self.step, images_seen=self.images_seen,
+                        train_time_s=self.clock.elapsed, **metrics)
+        if self.writer is not None:
+            for name, value in metrics.items():
+                self.writer.add_scalar(f"{kind}/{name}", value, self.step)
+
+    def fit(self) -> dict[str, float]:
+        """Train to the configured number of epochs (from the resumed position) and return the final evaluation."""
+        cfg = self.config.train
+        progress = self._progress()
+        final: dict[str, float] = {}
+        sums: dict[str, float] = {}
+        count = 0
+        self.model.train()
+        self.clock.start()
+        last_log = self.clock.elapsed
+        images_at_log = self.images_seen
+        try:
+            while self.epoch < cfg.epochs:
+                self.loader.set_epoch(self.epoch, self.batch_in_epoch)
+                for batch in self.loader:
+                    out = self.train_step(batch)
+                    self.step += 1
+                    self.batch_in_epoch += 1
+                    self.images_seen += batch.size * self.dist.world_size
+                    for key, value in out.items():
+                        sums[key] = sums.get(key, 0.0) + float(value.detach())
+                    count += 1
+                    if progress is not None:
+                        progress.update(1)
+                    if self.step % cfg.log_every_steps == 0 or self.batch_in_epoch == self.steps_per_epoch:
+                        now = self.clock.elapsed  # evaluation and checkpointing excluded
+                        metrics = {k: v / count for k, v in sums.items()}
+                        metrics["images_per_s"] = (self.images_seen - images_at_log) / max(now - last_log, 1e-9)
+                        self._log("train", metrics)
+                        self._watch_collapse(metrics)
+                        if progress is not None:
+                            progress.set_postfix(loss=f"{metrics['loss']:.3f}", img_s=f"{metrics['images_per_s']:.0f}")
+                        sums, count, last_log, images_at_log = {}, 0, now, self.images_seen
+                    if cfg.checkpoint_every_steps and self.step % cfg.checkpoint_every_steps == 0:
+                        self.save_checkpoint()
+                self.epoch += 1
+                self.batch_in_epoch = 0
+                last = self.epoch == cfg.epochs
+                if self.dist.is_main and (self.epoch % self.config.eval.every_epochs == 0 or last):
+                    final = self.evaluate(final=last)
+                    self._log("eval", final)
+                    self.model.train()
+                    if progress is not None:
+                        progress.write(f"epoch {self.epoch}: " + ", ".join(f"{k} {v:.2f}" for k, v in final.items()))
+                if self.epoch % cfg.checkpoint_every_epochs == 0 or last:
+                    self.save_checkpoint()
+        finally:
+            self.clock.stop()
+            if progress is not None:
+                progress.close()
+            if self.writer is not None:
+                self.writer.close()
+        return final
+
+    def _watch_collapse(self, metrics: dict[str, float]) -> None:
+        value = metrics.get("stat/z_std")
+        if value is not None and value < self.config.train.collapse_threshold:
+            message = (f"possible representation collapse at epoch {self.epoch}, step {self.step}: normalised embedding "
+                       f"std {value:.3f} (1 ≈ healthy, 0 = collapsed)")
+            warnings.warn(message, stacklevel=2)
+            logger.warning(message)
+
+    def _progress(self) -> Any:
+        if not (self.config.train.progress and self.dist.is_main):
+            return None
+        try:
+            from tqdm.auto import tqdm
+        except ImportError:
+            return None
+        return tqdm(total=self.total_steps, initial=self.step, desc=self.config.name, unit="step", dynamic_ncols=True)
+
+
+def train(config: RunConfig, resume: bool = False) -> dict[str, float]:
+    """Train one run; returns the final evaluation metrics."""
+    return Trainer(config, resume=resume).fit()
+

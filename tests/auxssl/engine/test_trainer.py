@@ -1,0 +1,134 @@
+"""The engine end to end on tiny runs: training, kill-and-resume equality, NaN handling, CLI, export."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import torch
+from torch import nn
+from torchvision import models
+
+from auxssl.cli import main
+from auxssl.config import load_config, save_config
+from auxssl.engine.checkpoint import find_last_checkpoint, load_checkpoint
+from auxssl.engine.trainer import NonFiniteLossError, Trainer, enable_activation_checkpointing, train
+from auxssl.eval.tracker import read_metrics
+from baselines import build_backbone
+
+
+def tiny(tmp_path: Path, name: str, *extra: str) -> list[str]:
+    """A run of a few seconds: 64 digits at 16 px, ResNet-10, BYOL with small heads + rotation, batch 16."""
+    return [
+        f"name={name}", f"output_dir={tmp_path}", "data.dataset=digits", "data.image_size=16", "data.batch_size=16",
+        "data.train_subset=64", "eval.test_subset=40", "model.backbone=resnet10", "model.method=byol",
+        "model.method_args={proj_hidden_dim: 64, proj_dim: 32, pred_hidden_dim: 64}",
+        "tasks=[{name: rotation, weight: 0.1}]", "train.epochs=2", "train.precision=fp32", "train.progress=false",
+        "train.log_every_steps=2", "eval.every_epochs=1", "optim.warmup_epochs=0.5", "optim.lr=0.1", *extra,
+    ]
+
+
+def test_training_writes_a_complete_run_directory(tmp_path: Path) -> None:
+    config = load_config(None, tiny(tmp_path, "run"))
+    final = train(config)
+    run = config.run_dir
+    assert {"knn/top1", "knn/top5"} <= set(final)
+    assert {p.name for p in run.iterdir()} >= {"config.yaml", "run.json", "metrics.jsonl", "checkpoints"}
+    assert load_config(run / "config.yaml") == config  # the resolved config round-trips
+    evals, trains = read_metrics(run, "eval"), read_metrics(run, "train")
+    assert [r["epoch"] for r in evals] == [1, 2] and evals[-1]["step"] == 8 and evals[-1]["images_seen"] == 128
+    assert {"loss", "loss/base", "loss/rotation", "acc/rotation", "lr", "images_per_s"} <= set(trains[-1])
+    assert all(r["train_time_s"] > 0 for r in evals)
+    state = load_checkpoint(find_last_checkpoint(run))
+    assert state["step"] == 8 and set(state) >= {"model", "optimizer", "rng", "backbone", "config", "train_time_s"}
+    with pytest.raises(FileExistsError, match="--resume"):
+        Trainer(config)
+
+
+def test_killed_run_resumes_to_identical_weights(tmp_path: Path) -> None:
+    reference = load_config(None, tiny(tmp_path, "reference", "train.epochs=3"))
+    train(reference)
+
+    killed = load_config(None, tiny(tmp_path, "killed", "train.epochs=3", "train.checkpoint_every_steps=1"))
+    save_config(killed, tmp_path / "killed.yaml")
+    process = subprocess.Popen([sys.executable, "-m", "auxssl", "train", str(tmp_path / "killed.yaml")],
+                               stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    deadline = time.time() + 120
+    while find_last_checkpoint(killed.run_dir) is None or "00000004" not in find_last_checkpoint(killed.run_dir).name:
+        assert process.poll() is None, "the run ended before it could be killed"
+        assert time.time() < deadline, "no checkpoint appeared"
+        time.sleep(0.01)
+    os.kill(process.pid, signal.SIGKILL)
+    process.wait()
+    assert process.returncode == -signal.SIGKILL
+    interrupted_at = load_checkpoint(find_last_checkpoint(killed.run_dir))["step"]
+    assert 4 <= interrupted_at < 12
+
+    train(killed, resume=True)
+    got = load_checkpoint(find_last_checkpoint(killed.run_dir))
+    want = load_checkpoint(find_last_checkpoint(reference.run_dir))
+    assert got["step"] == want["step"] == 12
+    for key, value in want["model"].items():
+        assert torch.equal(got["model"][key], value), key  # bit-identical on CPU
+    steps = [r["step"] for r in read_metrics(killed.run_dir, "train")]
+    assert steps == sorted(set(steps))  # no record duplicated by the resume
+
+
+def test_nan_loss_stops_and_keeps_the_last_good_checkpoint(tmp_path: Path) -> None:
+    good = load_config(None, tiny(tmp_path, "nan", "train.epochs=1"))
+    train(good)
+    last_good = find_last_checkpoint(good.run_dir)
+    exploding = load_config(None, tiny(tmp_path, "nan", "train.epochs=2", "optim.lr=1e30", "train.checkpoint_every_steps=1"))
+    with pytest.raises(NonFiniteLossError, match="Last good checkpoint: ") as error:
+        train(exploding, resume=True)
+    named = Path(str(error.value).split("Last good checkpoint: ")[1].split(". ")[0])
+    assert named == find_last_checkpoint(good.run_dir) and named.is_file()
+    failed_step = int(str(error.value).split("step ")[1].split(" ")[0])
+    state = load_checkpoint(named)
+    assert state["step"] <= failed_step  # nothing was checkpointed after the non-finite loss
+    assert all(torch.isfinite(v).all() for v in state["model"].values() if v.is_floating_point())
+    assert last_good.is_file()  # the checkpoint from before the explosion survives as well
+
+
+def test_collapse_is_warned_about(tmp_path: Path) -> None:
+    config = load_config(None, tiny(tmp_path, "collapse", "train.collapse_threshold=1000", "train.epochs=1"))
+    with pytest.warns(UserWarning, match="collapse"):
+        train(config)
+
+
+def test_activation_checkpointing_gives_identical_gradients() -> None:
+    torch.manual_seed(0)
+    plain = build_backbone("resnet18", cifar_stem=True)
+    checkpointed = build_backbone("resnet18", cifar_stem=True)
+    checkpointed.load_state_dict(plain.state_dict())
+    enable_activation_checkpointing(checkpointed)
+    assert set(plain.state_dict()) == set(checkpointed.state_dict())  # same parameter names
+    x = torch.rand(4, 3, 16, 16)
+    plain(x).square().sum().backward()
+    checkpointed(x).square().sum().backward()
+    for (name, a), b in zip(plain.named_parameters(), checkpointed.parameters()):
+        torch.testing.assert_close(a.grad, b.grad, msg=name)
+
+
+def test_cli_train_export_report(tmp_path: Path, capsys) -> None:
+    config = tmp_path / "cfg.yaml"
+    save_config(load_config(None, tiny(tmp_path, "cli", "model.backbone=resnet18", "train.epochs=1")), config)
+    assert main(["train", str(config), "--set", "eval.knn_k=20"]) == 0
+    assert "knn/top1" in json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+    weights = tmp_path / "backbone.pt"
+    assert main(["export", str(tmp_path / "cli"), "--out", str(weights)]) == 0
+    assert "load it with" in capsys.readouterr().out
+    model = models.resnet18()
+    model.conv1 = nn.Conv2d(3, 64, 3, 1, 1, bias=False)
+    model.maxpool, model.fc = nn.Identity(), nn.Identity()
+    model.load_state_dict(torch.load(weights))  # strict: every key matches
+    assert main(["report", str(tmp_path / "cli")]) == 0
+    assert (tmp_path / "cli" / "report" / "report.html").is_file()
+    with pytest.raises(SystemExit):
+        main(["train"])
