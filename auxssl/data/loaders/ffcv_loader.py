@@ -27,11 +27,26 @@ FFCV_INSTALL_HINT = (
 )
 
 
+class _KeepTorchThreads:
+    """FFCV sets the process-wide torch thread count to its worker count (at import, when a loader is built and
+    from its epoch thread), which would silently slow CPU training; this restores the caller's setting."""
+
+    def __init__(self) -> None:
+        self.threads = torch.get_num_threads()
+
+    def restore(self) -> None:
+        if torch.get_num_threads() != self.threads:
+            torch.set_num_threads(self.threads)
+
+
 def ffcv_available() -> bool:
+    keep = _KeepTorchThreads()
     try:
         import ffcv  # noqa: F401
     except ImportError:
         return False
+    finally:
+        keep.restore()
     return True
 
 
@@ -106,6 +121,7 @@ class FFCVLoader:
         drop_last: bool = True,
     ) -> None:
         _require_ffcv()
+        self._threads = _KeepTorchThreads()
         from ffcv.fields.decoders import CenterCropRGBImageDecoder, IntDecoder, RandomResizedCropRGBImageDecoder
         from ffcv.loader import Loader, OrderOption
         from ffcv.pipeline import PipelineSpec
@@ -139,6 +155,7 @@ class FFCVLoader:
             kornia_augmentation(spec, dataset.mean, dataset.std, geometric=False) for spec in recipe.views
         ).to(self.device)
         self.drop_last = drop_last
+        self._threads.restore()
 
     def set_epoch(self, epoch: int, start_batch: int = 0) -> None:
         """FFCV cannot start mid-epoch: the first ``start_batch`` batches are decoded and dropped."""
@@ -151,6 +168,7 @@ class FFCVLoader:
     def __iter__(self) -> Iterator[Batch]:
         devices = [self.device] if self.device.type == "cuda" else []
         for b, (index, *views) in enumerate(self.loader):  # file fields first, then the views
+            self._threads.restore()
             if b < self.start_batch:
                 continue
             with torch.no_grad(), torch.random.fork_rng(devices=devices):

@@ -133,6 +133,14 @@ def test_backends_agree_on_shape_dtype_and_range(recipe: Recipe, backends: list[
     assert len({tuple(s) for s in summaries.values()}) == 1, summaries
 
 
+@pytest.mark.skipif(not ffcv_available(), reason="ffcv not installed")
+def test_ffcv_loader_leaves_torch_threads_alone(tmp_path) -> None:
+    threads = torch.get_num_threads()
+    loader = build_loader("ffcv", digits("test"), get_recipe("simclr"), 64, num_workers=1, beton_path=tmp_path / "d.beton")
+    next(iter(loader))
+    assert torch.get_num_threads() == threads
+
+
 def test_recipes_are_complete_and_documented() -> None:
     for name, build in RECIPES.items():
         recipe = build(32)

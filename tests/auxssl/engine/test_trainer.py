@@ -51,14 +51,20 @@ def test_training_writes_a_complete_run_directory(tmp_path: Path) -> None:
         Trainer(config)
 
 
+def run_cli(config_path: Path, *extra: str) -> subprocess.Popen:
+    """``python -m auxssl train`` in a fresh process (same thread settings for every run of a comparison)."""
+    return subprocess.Popen([sys.executable, "-m", "auxssl", "train", str(config_path), *extra],
+                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+
+
 def test_killed_run_resumes_to_identical_weights(tmp_path: Path) -> None:
     reference = load_config(None, tiny(tmp_path, "reference", "train.epochs=3"))
-    train(reference)
-
     killed = load_config(None, tiny(tmp_path, "killed", "train.epochs=3", "train.checkpoint_every_steps=1"))
+    save_config(reference, tmp_path / "reference.yaml")
     save_config(killed, tmp_path / "killed.yaml")
-    process = subprocess.Popen([sys.executable, "-m", "auxssl", "train", str(tmp_path / "killed.yaml")],
-                               stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    uninterrupted = run_cli(tmp_path / "reference.yaml")
+
+    process = run_cli(tmp_path / "killed.yaml")
     deadline = time.time() + 120
     while find_last_checkpoint(killed.run_dir) is None or "00000004" not in find_last_checkpoint(killed.run_dir).name:
         assert process.poll() is None, "the run ended before it could be killed"
@@ -70,7 +76,9 @@ def test_killed_run_resumes_to_identical_weights(tmp_path: Path) -> None:
     interrupted_at = load_checkpoint(find_last_checkpoint(killed.run_dir))["step"]
     assert 4 <= interrupted_at < 12
 
-    train(killed, resume=True)
+    resumed = run_cli(tmp_path / "killed.yaml", "--resume")
+    for p in (resumed, uninterrupted):
+        assert p.wait(timeout=300) == 0, p.stderr.read().decode()[-2000:]
     got = load_checkpoint(find_last_checkpoint(killed.run_dir))
     want = load_checkpoint(find_last_checkpoint(reference.run_dir))
     assert got["step"] == want["step"] == 12
