@@ -31,7 +31,7 @@ class DataConfig:
     image_size: int = 32
     batch_size: int = 256
     num_workers: int = 2
-    train_subset: int | None = None  # use only the first N training images (quick runs); None: all
+    train_subset: int | None = None  # use a fixed random sample of N training images (quick runs); None: all
     reveal_labels: float = 0.0  # fraction of training labels the loader reveals (online probe, noise control)
 
 
@@ -82,7 +82,7 @@ class TrainConfig:
 @dataclass
 class EvalConfig:
     every_epochs: int = 5
-    test_subset: int | None = None  # evaluate on the first N test images only (quick runs); None: all
+    test_subset: int | None = None  # evaluate on a fixed random sample of N test images (quick runs); None: all
     knn_k: int = 200
     knn_temperature: float = 0.1
     linear: bool = False  # offline linear probe at the final evaluation

@@ -17,16 +17,23 @@ from baselines import METHODS, build_backbone
 TASKS = {"rotation": RotationPrediction, "jigsaw": JigsawPrediction}
 
 
+def random_subset(dataset: ImageDataset, size: int | None, seed: int = 0) -> ImageDataset:
+    """A fixed random sample of ``size`` images (seeded, independent of the run's seed so every run of a
+    comparison sees the same images); the dataset itself when ``size`` is None or not smaller.
+
+    Never the first N: folder datasets are sorted by class, so a prefix would hold a single class.
+    """
+    if size is None or size >= len(dataset):
+        return dataset
+    return ImageSubset(dataset, np.sort(np.random.default_rng(seed).permutation(len(dataset))[:size]))
+
+
 def build_datasets(config: RunConfig) -> tuple[ImageDataset, ImageDataset]:
-    """The training split (first ``data.train_subset`` images when set) and the test split (``eval`` subset)."""
+    """The training split and the test split, each reduced to its configured random subset."""
     data = config.data
     train = get_dataset(data.dataset, "train", data.root, data.download)
     test = get_dataset(data.dataset, "test", data.root, data.download)
-    if data.train_subset is not None and data.train_subset < len(train):
-        train = ImageSubset(train, np.arange(data.train_subset))
-    if config.eval.test_subset is not None and config.eval.test_subset < len(test):
-        test = ImageSubset(test, np.arange(config.eval.test_subset))
-    return train, test
+    return random_subset(train, data.train_subset), random_subset(test, config.eval.test_subset)
 
 
 def build_model(config: RunConfig) -> nn.Module:

@@ -140,3 +140,37 @@ def test_cli_train_export_report(tmp_path: Path, capsys) -> None:
     assert (tmp_path / "cli" / "report" / "report.html").is_file()
     with pytest.raises(SystemExit):
         main(["train"])
+
+
+def test_torchrun_two_processes_train_end_to_end(tmp_path: Path) -> None:
+    """``torchrun --nproc_per_node=2 -m auxssl train``: gloo on CPU, data sharded, rank 0 logs and checkpoints."""
+    config = load_config(None, tiny(tmp_path, "ddp", "train.epochs=1"))
+    save_config(config, tmp_path / "ddp.yaml")
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    result = subprocess.run(
+        [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2",
+         "-m", "auxssl", "train", str(tmp_path / "ddp.yaml")],
+        capture_output=True, text=True, timeout=300, env=env,
+    )
+    assert result.returncode == 0, result.stderr[-3000:]
+    evals = read_metrics(config.run_dir, "eval")
+    assert len(evals) == 1 and evals[0]["images_seen"] == 64 and evals[0]["step"] == 4  # 2 × 8 images per step
+    state = load_checkpoint(find_last_checkpoint(config.run_dir))
+    assert state["step"] == 4 and not any("module." in k for k in state["model"])
+
+
+def test_subsets_are_random_samples_covering_every_class(tmp_path: Path) -> None:
+    from auxssl.data import FolderDataset
+    from auxssl.engine.build import random_subset
+    from PIL import Image
+
+    for c in range(4):  # a folder dataset is sorted by class: a prefix would hold one class only
+        for i in range(25):
+            folder = tmp_path / f"class{c}"
+            folder.mkdir(exist_ok=True)
+            Image.new("RGB", (4, 4), (c, i, 0)).save(folder / f"{i}.png")
+    dataset = FolderDataset(tmp_path)
+    subset = random_subset(dataset, 20)
+    assert len(subset) == 20 and set(subset.labels.tolist()) == {0, 1, 2, 3}
+    assert list(random_subset(dataset, 20).indices) == list(subset.indices)  # fixed across runs
+    assert random_subset(dataset, None) is dataset
