@@ -19,8 +19,11 @@ from pathlib import Path
 
 import torch
 
+from bench_step import step_rate  # benchmarks/ is on sys.path when this script runs
+
 from auxssl.data import build_loader, cifar10_jpg, get_recipe
 from auxssl.data.loaders import ffcv_available
+from auxssl.engine.precision import native_bf16
 
 
 def loader_rate(loader, batches: int, warmup: int = 2) -> float:
@@ -35,38 +38,6 @@ def loader_rate(loader, batches: int, warmup: int = 2) -> float:
     if batch.views[0].is_cuda:
         torch.cuda.synchronize()
     return images / (time.perf_counter() - start)
-
-
-def fast_bf16(device: str) -> bool:
-    """Whether bf16 autocast is fast here: CUDA with bf16 support, or a CPU with native bf16 (oneDNN)."""
-    if device.startswith("cuda"):
-        return torch.cuda.is_bf16_supported()
-    return bool(torch.ops.mkldnn._is_mkldnn_bf16_supported())
-
-
-def train_step_rate(device: str, batch_size: int, steps: int = 2) -> tuple[float, str]:
-    from baselines import BYOL, build_backbone
-
-    model = BYOL(build_backbone("resnet18", cifar_stem=True)).to(device, memory_format=torch.channels_last)
-    optimizer = torch.optim.SGD(model.param_groups(), lr=0.1, momentum=0.9)
-    views = [torch.randn(batch_size, 3, 32, 32, device=device).contiguous(memory_format=torch.channels_last)] * 2
-    bf16 = fast_bf16(device)
-
-    def step() -> None:
-        with torch.autocast(torch.device(device).type, dtype=torch.bfloat16, enabled=bf16):
-            loss = model(views)["loss"]
-        optimizer.zero_grad(set_to_none=True)
-        loss.backward()
-        optimizer.step()
-        model.momentum_update(0.99)
-
-    step()
-    start = time.perf_counter()
-    for _ in range(steps):
-        step()
-    if device.startswith("cuda"):
-        torch.cuda.synchronize()
-    return steps * batch_size / (time.perf_counter() - start), "bf16" if bf16 else "fp32"
 
 
 def main() -> None:
@@ -106,7 +77,9 @@ def main() -> None:
         results[f"ratio_{backend}_vs_torchvision"] = round(results[f"{backend}_img_s"] / baseline, 2)
         print(f"{backend:12s} {results[f'ratio_{backend}_vs_torchvision']:8.2f}x torchvision")
     if not args.no_step:
-        step, precision = train_step_rate(args.device, args.step_batch_size)
+        bf16 = native_bf16(torch.device(args.device))
+        precision = "bf16" if bf16 else "fp32"
+        step = step_rate(False, torch.bfloat16 if bf16 else None, args.step_batch_size, 2, torch.device(args.device))
         results["train_step_img_s"] = round(step, 1)
         results["train_step_precision"] = precision
         results["ratio_best_vs_train_step"] = round(results[f"{best}_img_s"] / step, 2)
