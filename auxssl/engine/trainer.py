@@ -281,10 +281,12 @@ class Trainer:
         return results
 
     def _log(self, kind: str, metrics: dict[str, float]) -> None:
+        """Every record's ``epoch`` counts completed epochs: fractional for training logs (``step / steps per
+        epoch``), whole for the evaluations at epoch ends, so both share one axis."""
         if self.log is None:
             return
-        self.log.append(kind, epoch=self.epoch, step=self.step, images_seen=self.images_seen,
-                        train_time_s=self.clock.elapsed, **metrics)
+        self.log.append(kind, epoch=round(self.step / self.steps_per_epoch, 4), step=self.step,
+                        images_seen=self.images_seen, train_time_s=self.clock.elapsed, **metrics)
         if self.writer is not None:
             for name, value in metrics.items():
                 self.writer.add_scalar(f"{kind}/{name}", value, self.step)

@@ -155,10 +155,15 @@ def speedups(variants: Sequence[Variant], metric: str = PRIMARY) -> list[SpeedUp
 
 # ------------------------------------------------------------------------------------------------- plots
 def _curves(variant: Variant, metric: str, x_field: str, records: str = "evals") -> tuple[list[float], list[float], list[float]]:
-    """Mean x, mean y and std y over seeds at every epoch all seeds logged ``metric``."""
-    per_epoch: dict[int, list[tuple[float, float]]] = defaultdict(list)
+    """Mean x, mean y and std y over seeds at every epoch all seeds logged ``metric``.
+
+    A run without auxiliary tasks has no ``loss/base``: its ``loss`` is its base loss.
+    """
+    if metric == "loss/base" and not variant.tasks:
+        metric = "loss"
+    per_epoch: dict[float, list[tuple[float, float]]] = defaultdict(list)
     for run in variant.runs:
-        by_epoch: dict[int, list[tuple[float, float]]] = defaultdict(list)
+        by_epoch: dict[float, list[tuple[float, float]]] = defaultdict(list)
         for rec in getattr(run, records):
             if rec.get(metric) is not None:
                 by_epoch[rec["epoch"]].append((rec[x_field], rec[metric]))

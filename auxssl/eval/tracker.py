@@ -66,8 +66,8 @@ class MetricsLog:
         self.path = Path(run_dir) / METRICS
         self.path.parent.mkdir(parents=True, exist_ok=True)
 
-    def append(self, kind: str, *, epoch: int, step: int, images_seen: int, train_time_s: float, **metrics: Any) -> dict:
-        record = {"kind": kind, "epoch": epoch, "step": step, "images_seen": images_seen,
+    def append(self, kind: str, *, epoch: float, step: int, images_seen: int, train_time_s: float, **metrics: Any) -> dict:
+        record = {"kind": kind, "epoch": int(epoch) if float(epoch).is_integer() else epoch, "step": step, "images_seen": images_seen,
                   "train_time_s": round(train_time_s, 3)}
         for name, value in metrics.items():
             value = float(value)
