@@ -13,6 +13,7 @@ import torch
 from torch import nn
 from torchvision import models
 
+
 def _resnet10(**kwargs) -> models.ResNet:
     """ResNet-10: one BasicBlock per stage (torchvision's ResNet class), for quick CPU experiments."""
     return models.ResNet(models.resnet.BasicBlock, [1, 1, 1, 1], **kwargs)

@@ -10,7 +10,6 @@ from __future__ import annotations
 import logging
 import random
 import warnings
-from dataclasses import asdict
 from pathlib import Path
 from typing import Any
 

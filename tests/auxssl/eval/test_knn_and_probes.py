@@ -7,7 +7,6 @@ import math
 import numpy as np
 import pytest
 import torch
-from torch import nn
 
 from auxssl.data import balanced_subset, digits
 from auxssl.eval import (
