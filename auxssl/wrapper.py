@@ -10,7 +10,7 @@ from torch import Tensor, nn
 from auxssl.tasks import PretextTask, RotationPrediction
 from baselines.backbones import feature_dim
 from baselines.base import split_weight_decay
-from baselines.ema import ema_update_
+from baselines.ema import ema_update_pairs_
 from baselines.protocol import Batch, as_batch, missing_protocol_members
 
 
@@ -99,8 +99,7 @@ class AuxWrapper(nn.Module):
         return pairs
 
     def momentum_update(self, tau: float) -> None:
-        for online, target in self.momentum_pairs():
-            ema_update_(online, target, tau)
+        ema_update_pairs_(self.momentum_pairs(), tau)
 
     def on_before_optimizer_step(self, step: int) -> None:
         hook = getattr(self.base, "on_before_optimizer_step", None)

@@ -10,7 +10,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from baselines.backbones import feature_dim
-from baselines.ema import ema_update_
+from baselines.ema import ema_update_pairs_
 from baselines.protocol import Batch
 
 
@@ -83,8 +83,7 @@ class JointEmbeddingMethod(nn.Module):
 
     def momentum_update(self, tau: float) -> None:
         """EMA-update every target network of `momentum_pairs` with coefficient ``tau``."""
-        for online, target in self.momentum_pairs():
-            ema_update_(online, target, tau)
+        ema_update_pairs_(self.momentum_pairs(), tau)
 
     def check_views(self, batch: Batch) -> list[Tensor]:
         if self.num_views is not None and len(batch.views) != self.num_views:

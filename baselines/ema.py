@@ -30,6 +30,12 @@ def ema_update_(online: nn.Module, target: nn.Module, tau: float) -> None:
         p_target.lerp_(p_online.detach(), 1.0 - tau)
 
 
+def ema_update_pairs_(pairs: list[tuple[nn.Module, nn.Module]], tau: float) -> None:
+    """`ema_update_` for every ``(online, target)`` pair (a method's `momentum_pairs`)."""
+    for online, target in pairs:
+        ema_update_(online, target, tau)
+
+
 def frozen_copy(module: nn.Module) -> nn.Module:
     """A deep copy of ``module`` whose parameters take no gradient: the initial target network."""
     import copy

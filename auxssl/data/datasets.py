@@ -72,19 +72,23 @@ class ImageDataset(Dataset):
         return bool((self.labels >= 0).any())
 
     def to_uint8(self, size: int | None = None) -> tuple[torch.Tensor, np.ndarray]:
-        """Decode every image into one ``(N', 3, H, W)`` uint8 tensor.
+        """Decode every image (in threads: PIL releases the GIL) into one ``(N', 3, H, W)`` uint8 tensor.
 
         Returns the tensor and the dataset indices of its rows; images that cannot be decoded are skipped with
         a warning (N' < N). All images must share one size unless ``size`` resizes them.
         """
-        images, kept = [], []
-        for i in range(len(self)):
+
+        def decode(i: int) -> np.ndarray | None:
             try:
-                images.append(_as_array(self.load(i), size))
-                kept.append(i)
+                return _as_array(self.load(i), size)
             except CorruptImageError as err:
-                warnings.warn(f"skipping {err}", stacklevel=2)
-        return _stack(images, size), np.asarray(kept, dtype=np.int64)
+                warnings.warn(f"skipping {err}", stacklevel=3)
+                return None
+
+        with ThreadPoolExecutor(max_workers=min(8, os.cpu_count() or 1)) as pool:
+            arrays = list(pool.map(decode, range(len(self))))
+        kept = np.array([i for i, a in enumerate(arrays) if a is not None], dtype=np.int64)
+        return _stack([arrays[i] for i in kept], size), kept
 
 
 def _as_array(image: Image.Image, size: int | None) -> np.ndarray:
@@ -187,28 +191,17 @@ class FolderDataset(ImageDataset):
             raise CorruptImageError(path, str(err) or type(err).__name__) from err
 
     def to_uint8(self, size: int | None = None, cache: bool = True) -> tuple[torch.Tensor, np.ndarray]:
-        """Decode all images (two threads), skipping corrupt ones; cached as ``.npz`` in `default_cache_dir`."""
+        """`ImageDataset.to_uint8`, cached as ``.npz`` in `default_cache_dir`; unreadable files go to ``skipped``."""
         cache_file = self._cache_file(size) if cache else None
         if cache_file is not None and cache_file.exists():
             stored = np.load(cache_file)
             self.skipped = [str(self.files[i]) for i in stored["skipped"]]
             return torch.from_numpy(stored["images"]), stored["kept"]
-
-        def decode(i: int) -> np.ndarray | None:
-            try:
-                return _as_array(self.load(i), size)
-            except CorruptImageError as err:
-                warnings.warn(f"skipping {err}", stacklevel=3)
-                return None
-
-        with ThreadPoolExecutor(max_workers=min(8, os.cpu_count() or 1)) as pool:
-            arrays = list(pool.map(decode, range(len(self))))
-        kept = np.array([i for i, a in enumerate(arrays) if a is not None], dtype=np.int64)
-        skipped = np.array([i for i, a in enumerate(arrays) if a is None], dtype=np.int64)
+        tensor, kept = super().to_uint8(size)
+        skipped = np.setdiff1d(np.arange(len(self)), kept)
         self.skipped = [str(self.files[i]) for i in skipped]
         if len(skipped):
             logger.warning("skipped %d unreadable images under %s", len(skipped), self.root)
-        tensor = _stack([arrays[i] for i in kept], size)
         if cache_file is not None:
             _atomic_savez(cache_file, images=tensor.numpy(), kept=kept, skipped=skipped)
         return tensor, kept

@@ -33,9 +33,9 @@ from auxssl.engine.distributed import DistributedContext, convert_batchnorm, ini
 from auxssl.engine.optim import build_optimizer
 from auxssl.engine.precision import resolve_device, resolve_precision
 from auxssl.engine.schedules import ema_schedule, warmup_cosine
-from auxssl.eval.features import extract_features
-from auxssl.eval.knn import KNNProtocol, knn_evaluate
-from auxssl.eval.linear import OnlineLinearProbe, ProbeConfig, linear_probe
+from auxssl.eval.knn import KNNProtocol
+from auxssl.eval.linear import OnlineLinearProbe, ProbeConfig
+from auxssl.eval.offline import evaluate_backbone
 from auxssl.eval.tracker import MetricsLog, RunInfo, TrainClock, write_run_info
 from baselines.backbones import feature_dim
 from baselines.protocol import Batch
@@ -137,6 +137,7 @@ class Trainer:
         self.scaler = torch.amp.GradScaler(self.device.type) if self.precision.needs_scaler else None
 
         self.knn_protocol = KNNProtocol(config.eval.knn_k, config.eval.knn_temperature)
+        self._eval_images: tuple | None = None
         self.online_probe: OnlineLinearProbe | None = None
         self.tap: FeatureTap | None = None
         if config.eval.online_linear:
@@ -271,13 +272,11 @@ class Trainer:
     def evaluate(self, final: bool = False) -> dict[str, float]:
         """kNN (and, at the end, the linear probe) on the backbone; the training clock is paused meanwhile."""
         with self.clock.paused():
-            backbone = self.model.backbone
-            train_x, train_y = extract_features(backbone, self.train_set, device=self.device)
-            test_x, test_y = extract_features(backbone, self.test_set, device=self.device)
-            results = knn_evaluate(train_x, train_y, test_x, test_y, self.knn_protocol)
-            if final and self.config.eval.linear:
-                results.update(linear_probe(train_x, train_y, test_x, test_y, ProbeConfig()))
-        return results
+            if self._eval_images is None:  # decoded once per run, not at every evaluation
+                self._eval_images = (self.train_set.to_uint8(), self.test_set.to_uint8())
+            linear = ProbeConfig() if final and self.config.eval.linear else None
+            return evaluate_backbone(self.model.backbone, self.train_set, self.test_set, knn=self.knn_protocol,
+                                     linear=linear, device=self.device, decoded=self._eval_images)
 
     def _log(self, kind: str, metrics: dict[str, float]) -> None:
         """Every record's ``epoch`` counts completed epochs: fractional for training logs (``step / steps per

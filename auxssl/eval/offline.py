@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import numpy as np
 import torch
 from torch import nn
 
@@ -40,10 +41,15 @@ def evaluate_backbone(
     linear: ProbeConfig | None = None,
     mlp: ProbeConfig | None = None,
     device: str | torch.device = "cpu",
+    decoded: tuple[tuple[torch.Tensor, np.ndarray], tuple[torch.Tensor, np.ndarray]] | None = None,
 ) -> dict[str, float]:
-    """Features of both splits extracted once (evaluation transform), then kNN and/or probes; accuracies in %."""
-    train_x, train_y = extract_features(backbone, train, device=device)
-    test_x, test_y = extract_features(backbone, test, device=device)
+    """Features of both splits extracted once (evaluation transform), then kNN and/or probes; accuracies in %.
+
+    ``decoded``: the two splits' ``to_uint8()`` results, for callers that evaluate repeatedly (the trainer).
+    """
+    (train_images, train_rows), (test_images, test_rows) = decoded or (train.to_uint8(), test.to_uint8())
+    train_x, train_y = extract_features(backbone, train, device=device, images=train_images, rows=train_rows)
+    test_x, test_y = extract_features(backbone, test, device=device, images=test_images, rows=test_rows)
     results: dict[str, float] = {}
     if knn is not None:
         results.update(knn_evaluate(train_x, train_y, test_x, test_y, knn))
