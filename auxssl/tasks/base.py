@@ -39,8 +39,15 @@ class ClassificationPretextTask(nn.Module):
     """A pretext task that transforms images and classifies the transformation from backbone features.
 
     Subclasses implement `make_inputs` (transformed images and their labels). This class selects the
-    views, optionally resizes them, runs all transformed copies through the backbone in one batched call and
-    scores them with an MLP head (``Linear → BN → ReLU → Linear(num_classes)``) by cross-entropy.
+    views, optionally resizes them, runs the transformed copies through the backbone and scores them with an
+    MLP head (``Linear → BN → ReLU → Linear(num_classes)``) by cross-entropy.
+
+    The loss is the official EffSSL one (Addepalli et al. 2022, ``main_swav_rotnet.py``): the *sum over the
+    selected views* of each view's mean cross-entropy, ``Σ_m mean_i CE(h(f(t(x_i^m))), y_i^m)``; with two
+    views at chance it is ``2·ln(num_classes)``. By default every view's transformed copies get their own
+    backbone and head call, so batch-norm statistics are per view, as in the official code
+    (``forward_rotation(rot1)``, ``forward_rotation(rot2)``); ``batch_views=True`` runs all views in one call
+    instead (one set of batch-norm statistics over every view; the loss is still summed per view).
 
     Args:
         num_classes: number of transformation classes.
@@ -50,6 +57,7 @@ class ClassificationPretextTask(nn.Module):
         hidden_dim: head width (default: the backbone feature dimension).
         generator: optional `torch.Generator` for the random transformations (default: the global RNG of
             the images' device, which the engine checkpoints).
+        batch_views: one backbone call for all views' copies instead of one call per view (the official code).
     """
 
     name: str = "classification"
@@ -62,6 +70,7 @@ class ClassificationPretextTask(nn.Module):
         size: int | None = None,
         hidden_dim: int | None = None,
         generator: torch.Generator | None = None,
+        batch_views: bool = False,
     ) -> None:
         super().__init__()
         if len(views) == 0:
@@ -72,6 +81,7 @@ class ClassificationPretextTask(nn.Module):
         self.size = size
         self.hidden_dim = hidden_dim
         self.generator = generator
+        self.batch_views = batch_views
         self.head: nn.Module | None = None
 
     def build(self, feature_dim: int) -> None:
@@ -89,19 +99,24 @@ class ClassificationPretextTask(nn.Module):
             return torch.randint(self.num_classes, (n,), device=device)
         return torch.randint(self.num_classes, (n,), generator=self.generator, device=self.generator.device).to(device)
 
-    def select_views(self, batch: Batch) -> Tensor:
+    def select_views(self, batch: Batch) -> list[Tensor]:
+        """The selected views, each resized to ``size`` when set."""
         if max(self.views) >= len(batch.views):
             raise ValueError(f"{self.name} uses views {self.views} but the batch has {len(batch.views)} views")
-        images = torch.cat([batch.views[i] for i in self.views])
-        if self.size is not None and images.shape[-2:] != (self.size, self.size):
-            images = F.interpolate(images, size=(self.size, self.size), mode="bilinear", antialias=True)
+        images = [batch.views[i] for i in self.views]
+        if self.size is not None and images[0].shape[-2:] != (self.size, self.size):
+            images = [F.interpolate(x, size=(self.size, self.size), mode="bilinear", antialias=True) for x in images]
         return images
 
     def forward(self, backbone: nn.Module, batch: Batch) -> dict[str, Tensor]:
         if self.head is None:
             raise RuntimeError(f"{type(self).__name__}.build(feature_dim) must be called before forward")
-        inputs, labels = self.make_inputs(self.select_views(batch))
-        logits = at_least_float32(self.head(backbone(inputs)))
-        loss = F.cross_entropy(logits, labels)
-        accuracy = (logits.detach().argmax(dim=1) == labels).float().mean()
-        return {"loss": loss, "acc": accuracy}
+        inputs, labels = zip(*(self.make_inputs(view) for view in self.select_views(batch)))
+        if self.batch_views:
+            logits = self.head(backbone(torch.cat(inputs))).split([len(y) for y in labels])
+        else:
+            logits = [self.head(backbone(x)) for x in inputs]
+        logits = [at_least_float32(z) for z in logits]
+        loss = torch.stack([F.cross_entropy(z, y) for z, y in zip(logits, labels)]).sum()
+        correct = torch.cat([z.detach().argmax(dim=1) == y for z, y in zip(logits, labels)])
+        return {"loss": loss, "acc": correct.float().mean()}

@@ -27,7 +27,8 @@ def permute_tiles(images: Tensor, order: Tensor) -> Tensor:
 class JigsawPrediction(ClassificationPretextTask):
     """Predict which of the 24 permutations of a 2×2 grid of tiles was applied to each view.
 
-    The shuffled image keeps its size, so it shares the backbone like any view. Label 0 is the identity.
+    The shuffled image keeps its size, so it shares the backbone like any view. Label 0 is the identity. The
+    loss is summed over views like rotation's (see `ClassificationPretextTask`).
     """
 
     name = "jigsaw"
@@ -39,8 +40,9 @@ class JigsawPrediction(ClassificationPretextTask):
         size: int | None = None,
         hidden_dim: int | None = None,
         generator: torch.Generator | None = None,
+        batch_views: bool = False,
     ) -> None:
-        super().__init__(24, weight, views, size, hidden_dim, generator)
+        super().__init__(24, weight, views, size, hidden_dim, generator, batch_views)
         self.register_buffer("permutations", torch.tensor(list(itertools.permutations(range(4)))), persistent=False)
 
     def make_inputs(self, images: Tensor) -> tuple[Tensor, Tensor]:

@@ -27,13 +27,16 @@ def rotate(images: Tensor, k: Tensor) -> Tensor:
 class RotationPrediction(ClassificationPretextTask):
     """Predict the rotation (0°, 90°, 180°, 270°) of rotated copies of the views.
 
-    Loss: ``1/(2B) Σ_i Σ_m CE(h(f(rot_k(x_i^m))), k)`` over the selected views (Addepalli et al. 2022, eq. 3),
-    weighted by ``weight`` (λ = 0.1 in the paper) in `AuxWrapper`.
+    Loss, as the official code computes it (EffSSL ``main_swav_rotnet.py``: ``CE(rot_pred1, t1) +
+    CE(rot_pred2, t2)``): ``Σ_m (1/B) Σ_i CE(h(f(rot_k(x_i^m))), k_i^m)``, the sum over the selected views of
+    each view's mean cross-entropy (2·ln 4 ≈ 2.77 at chance with two views), weighted by ``weight``
+    (λ = 0.1, the official ``rot_wt``) in `AuxWrapper`. Each view's rotated copies get their own backbone
+    call (per-view batch-norm statistics, as officially); ``batch_views=True`` batches them into one call.
 
     Args:
         mode: ``"random"`` draws one k ∈ {0, 1, 2, 3} per image and view (the paper);
             ``"all"`` feeds all four rotations of every image (as in E-SSL, Dangovski et al. 2022).
-        views, size, hidden_dim, generator: see `ClassificationPretextTask`.
+        views, size, hidden_dim, generator, batch_views: see `ClassificationPretextTask`.
     """
 
     name = "rotation"
@@ -46,10 +49,11 @@ class RotationPrediction(ClassificationPretextTask):
         size: int | None = None,
         hidden_dim: int | None = None,
         generator: torch.Generator | None = None,
+        batch_views: bool = False,
     ) -> None:
         if mode not in ("random", "all"):
             raise ValueError(f"rotation mode must be 'random' or 'all', got {mode!r}")
-        super().__init__(4, weight, views, size, hidden_dim, generator)
+        super().__init__(4, weight, views, size, hidden_dim, generator, batch_views)
         self.mode = mode
 
     def make_inputs(self, images: Tensor) -> tuple[Tensor, Tensor]:

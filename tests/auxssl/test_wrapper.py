@@ -47,11 +47,53 @@ def test_target_encoder_never_sees_rotated_images(method_cls, tiny_backbone, two
     model(Batch(two_views))
     unrotated = torch.cat(two_views)
     assert len(target_inputs) == 1 and torch.equal(target_inputs[0], unrotated)
-    # the online backbone: one call for the base loss, one batched call for all rotated copies
-    assert len(online_inputs) == 2 and torch.equal(online_inputs[0], unrotated)
-    labels = RotationPrediction(generator=torch.Generator().manual_seed(0)).random_labels(32, torch.device("cpu"))
-    torch.testing.assert_close(online_inputs[1], rotate(unrotated, labels))
-    assert (labels != 0).any()
+    # the online backbone: one call for the base loss, then one call per view's rotated copies (official code)
+    assert len(online_inputs) == 3 and torch.equal(online_inputs[0], unrotated)
+    generator = torch.Generator().manual_seed(0)
+    for view, seen in zip(two_views, online_inputs[1:]):
+        labels = torch.randint(4, (len(view),), generator=generator)
+        torch.testing.assert_close(seen, rotate(view, labels))
+        assert (labels != 0).any()
+
+
+def official_rotation_loss(backbone: nn.Module, head: nn.Module, views: list[Tensor], seed: int) -> Tensor:
+    """EffSSL's ``CE(rot_pred1, t1) + CE(rot_pred2, t2)`` written out: per-view backbone calls, per-sample loops."""
+    generator = torch.Generator().manual_seed(seed)
+    total = torch.zeros(())
+    for view in views:
+        k = torch.randint(4, (len(view),), generator=generator)
+        rotated = torch.stack([torch.rot90(img, int(t), dims=(1, 2)) for img, t in zip(view, k)])
+        log_probs = torch.log_softmax(head(backbone(rotated)).double(), dim=1)
+        total = total + sum(-log_probs[i, int(k[i])] for i in range(len(view))) / len(view)
+    return total
+
+
+@pytest.mark.parametrize("method_cls", [BYOL, SimCLR])
+def test_default_wrapper_total_is_the_official_effssl_loss(method_cls, tiny_backbone, two_views) -> None:
+    base = method_cls(tiny_backbone, proj_hidden_dim=64, proj_dim=32)
+    model = AuxWrapper(base, tasks=[RotationPrediction(generator=torch.Generator().manual_seed(5))])
+    reference = copy.deepcopy(model)
+    out = model(Batch(two_views))
+    base_loss = reference.base(Batch(two_views))["loss"]
+    rot = official_rotation_loss(reference.backbone, reference.tasks[0].head, two_views, seed=5)
+    torch.testing.assert_close(out["loss/rotation"].double(), rot, rtol=1e-5, atol=1e-6)
+    torch.testing.assert_close(out["loss"].double(), base_loss.double() + 0.1 * rot, rtol=1e-5, atol=1e-6)
+    assert model.weights == {"rotation": 0.1}
+
+
+def test_batched_views_option_is_one_call_with_the_same_loss_definition(tiny_backbone, two_views) -> None:
+    task = RotationPrediction(generator=torch.Generator().manual_seed(2), batch_views=True)
+    model = AuxWrapper(byol(tiny_backbone), tasks=[task])
+    calls: list[int] = []
+    model.backbone.register_forward_pre_hook(lambda m, args: calls.append(len(args[0])))
+    with torch.no_grad():
+        out = model(Batch(two_views))
+        generator = torch.Generator().manual_seed(2)
+        labels = [torch.randint(4, (16,), generator=generator) for _ in two_views]
+        logits = task.head(model.backbone(torch.cat([rotate(v, k) for v, k in zip(two_views, labels)])))
+    assert calls[:2] == [32, 32]  # base call, then all rotated copies of both views together
+    expected = F.cross_entropy(logits[:16], labels[0]) + F.cross_entropy(logits[16:], labels[1])
+    torch.testing.assert_close(out["loss/rotation"], expected)
 
 
 def test_wrapper_keeps_protocol_groups_and_pairs(tiny_backbone) -> None:
