@@ -1,7 +1,8 @@
 """Loss functions of the base joint-embedding methods, as plain functions.
 
 Conventions: inputs are ``(N, D)`` embeddings of the N samples of one view each; every loss is computed in
-at least float32 whatever the autocast dtype (float64 inputs stay float64); targets that the method treats as constants are detached here too, so
+at least float32 whatever autocast is active (`full_precision` turns autocast off inside the loss and upcasts
+half-precision inputs; float64 inputs stay float64); targets that the method treats as constants are detached here too, so
 the functions are safe to call on outputs that still carry gradients. Losses whose denominators contain
 negatives accept ``negative_weight`` (0 removes a pair, values in between down-weight it); losses over
 positive pairs accept ``weight`` per pair. Both are hooks for noise control of false negatives/positives.
@@ -9,7 +10,9 @@ positive pairs accept ``weight`` per pair. Both are hooks for noise control of f
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+import functools
+from collections.abc import Callable, Sequence
+from typing import Any, TypeVar
 
 import torch
 import torch.nn.functional as F
@@ -18,9 +21,39 @@ from torch import Tensor
 from baselines.distributed import all_reduce_, world_size
 
 
+F_ = TypeVar("F_", bound=Callable[..., Any])
+
+
 def at_least_float32(x: Tensor) -> Tensor:
     """At least float32: half-precision inputs are upcast, float64 stays float64."""
     return x if x.dtype in (torch.float32, torch.float64) else x.float()
+
+
+def _first_tensor(values: Sequence[Any]) -> Tensor | None:
+    for value in values:
+        if isinstance(value, Tensor):
+            return value
+        if isinstance(value, (list, tuple)):
+            found = _first_tensor(value)
+            if found is not None:
+                return found
+    return None
+
+
+def full_precision(fn: F_) -> F_:
+    """Run ``fn`` with autocast disabled on its inputs' device, so every matmul and reduction inside is float32
+    (or float64), whatever autocast region the caller is in; the function itself upcasts half inputs."""
+
+    @functools.wraps(fn)
+    def wrapper(*args: Any, **kwargs: Any) -> Any:
+        tensor = _first_tensor([*args, *kwargs.values()])
+        device_type = tensor.device.type if tensor is not None else "cpu"
+        if not torch.is_autocast_enabled(device_type):
+            return fn(*args, **kwargs)
+        with torch.autocast(device_type, enabled=False):
+            return fn(*args, **kwargs)
+
+    return wrapper  # type: ignore[return-value]
 
 
 def _weighted_mean(values: Tensor, weight: Tensor | None) -> Tensor:
@@ -32,6 +65,7 @@ def _weighted_mean(values: Tensor, weight: Tensor | None) -> Tensor:
     return (values * weight).sum() / weight.sum().clamp_min(torch.finfo(values.dtype).tiny)
 
 
+@full_precision
 def nt_xent_loss(
     z1: Tensor, z2: Tensor, temperature: float = 0.5, negative_weight: Tensor | None = None
 ) -> Tensor:
@@ -61,6 +95,7 @@ def nt_xent_loss(
     return F.cross_entropy(logits, targets)
 
 
+@full_precision
 def byol_loss(p: Tensor, z: Tensor, weight: Tensor | None = None) -> Tensor:
     """BYOL regression loss (Grill et al., NeurIPS 2020, eq. 2): mean of ``2 - 2·cos(p, z)``.
 
@@ -71,6 +106,7 @@ def byol_loss(p: Tensor, z: Tensor, weight: Tensor | None = None) -> Tensor:
     return _weighted_mean(2.0 - 2.0 * cos, weight)
 
 
+@full_precision
 def simsiam_loss(p: Tensor, z: Tensor, weight: Tensor | None = None) -> Tensor:
     """SimSiam loss (Chen & He, CVPR 2021, eq. 1): mean of ``-cos(p, stopgrad(z))``."""
     cos = F.cosine_similarity(at_least_float32(p), at_least_float32(z.detach()), dim=-1)
@@ -84,6 +120,7 @@ def _standardise(z: Tensor, eps: float = 1e-5) -> Tensor:
     return (z - mean) / torch.sqrt(var + eps)
 
 
+@full_precision
 def barlow_twins_loss(z1: Tensor, z2: Tensor, lambd: float = 5e-3) -> Tensor:
     """Barlow Twins (Zbontar et al., ICML 2021, eq. 1).
 
@@ -98,6 +135,7 @@ def barlow_twins_loss(z1: Tensor, z2: Tensor, lambd: float = 5e-3) -> Tensor:
     return on_diag + lambd * off_diag
 
 
+@full_precision
 def vicreg_terms(z1: Tensor, z2: Tensor) -> tuple[Tensor, Tensor, Tensor]:
     """The three unweighted VICReg terms (invariance, variance, covariance); see `vicreg_loss`."""
     z1, z2 = at_least_float32(z1), at_least_float32(z2)
@@ -115,6 +153,7 @@ def vicreg_terms(z1: Tensor, z2: Tensor) -> tuple[Tensor, Tensor, Tensor]:
     return invariance, (variance(z1) + variance(z2)) / 2, covariance(z1) + covariance(z2)
 
 
+@full_precision
 def vicreg_loss(
     z1: Tensor, z2: Tensor, sim_coeff: float = 25.0, std_coeff: float = 25.0, cov_coeff: float = 1.0
 ) -> Tensor:
@@ -129,6 +168,7 @@ def vicreg_loss(
 
 
 @torch.no_grad()
+@full_precision
 def sinkhorn_knopp(scores: Tensor, epsilon: float = 0.05, iterations: int = 3) -> Tensor:
     """SwAV's equipartitioned soft assignment (Caron et al., NeurIPS 2020, sec. 3.1).
 
@@ -151,6 +191,7 @@ def sinkhorn_knopp(scores: Tensor, epsilon: float = 0.05, iterations: int = 3) -
     return (q * num_samples).T
 
 
+@full_precision
 def swav_loss(scores_per_view: Sequence[Tensor], q_per_view: Sequence[Tensor], temperature: float = 0.1) -> Tensor:
     """SwAV swapped prediction (Caron et al., NeurIPS 2020, eq. 1).
 
@@ -172,6 +213,7 @@ def swav_loss(scores_per_view: Sequence[Tensor], q_per_view: Sequence[Tensor], t
     return torch.stack(terms).mean()
 
 
+@full_precision
 def moco_loss(
     q: Tensor, k: Tensor, queue: Tensor, temperature: float = 0.2, negative_weight: Tensor | None = None
 ) -> Tensor:

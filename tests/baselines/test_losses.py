@@ -3,10 +3,14 @@
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 
 import numpy as np
 import pytest
 import torch
+from torch import Tensor
+
+import baselines.losses as L
 
 from baselines.losses import (
     barlow_twins_loss,
@@ -261,3 +265,39 @@ def test_moco_loss_analytic_and_key_stopgrad() -> None:
     key = q.clone().requires_grad_()
     moco_loss(q.clone().requires_grad_(), key, queue, t).backward()
     assert key.grad is None
+
+
+def _loss_cases() -> dict[str, Callable[[list[Tensor]], Tensor]]:
+    return {
+        "nt_xent": lambda t: L.nt_xent_loss(t[0], t[1], temperature=0.2),
+        "nt_xent_weighted": lambda t: L.nt_xent_loss(t[0], t[1], 0.2, negative_weight=(t[3][:, :16] > 0).float()),
+        "byol": lambda t: L.byol_loss(t[0], t[1]),
+        "simsiam": lambda t: L.simsiam_loss(t[0], t[1]),
+        "barlow_twins": lambda t: L.barlow_twins_loss(t[0], t[1]),
+        "vicreg": lambda t: L.vicreg_loss(t[0], t[1]),
+        "moco": lambda t: L.moco_loss(t[0], t[1], t[2], temperature=0.2),
+        "sinkhorn": lambda t: (L.sinkhorn_knopp(t[4]) ** 2).sum(),
+        "swav": lambda t: L.swav_loss([t[4], t[5]], [L.sinkhorn_knopp(t[4])]),
+    }
+
+
+@pytest.mark.parametrize("name", list(_loss_cases()))
+def test_every_loss_is_float32_under_bf16_autocast(name: str) -> None:
+    """Autocast must not run a loss's matmuls in bf16 (Barlow Twins drifted 5.142 → 5.156 before)."""
+    g = torch.Generator().manual_seed(0)
+    tensors = [torch.randn(16, 64, generator=g), torch.randn(16, 64, generator=g), torch.randn(48, 64, generator=g),
+               torch.randn(16, 48, generator=g)]
+    tensors[2] = torch.nn.functional.normalize(tensors[2], dim=1)
+    tensors += [tensors[0] @ tensors[2].T, tensors[1] @ tensors[2].T]  # prototype scores
+    loss = _loss_cases()[name]
+    reference = loss(tensors)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        under_autocast = loss(tensors)
+    assert under_autocast.dtype == torch.float32
+    assert abs(under_autocast.item() - reference.item()) <= 1e-5 * abs(reference.item()), (under_autocast, reference)
+    # bf16 inputs (a model's outputs under autocast) are upcast and computed in float32 too
+    rounded = [t.bfloat16() for t in tensors]
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        from_bf16 = loss(rounded)
+    expected = loss([t.float() for t in rounded])
+    assert abs(from_bf16.item() - expected.item()) <= 1e-5 * abs(expected.item())
