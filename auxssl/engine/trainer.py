@@ -7,9 +7,11 @@ Evaluations run with the training clock paused; checkpoints hold the full state 
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import random
 import warnings
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -77,15 +79,27 @@ def seed_everything(seed: int, deterministic: bool) -> None:
 
 
 class FeatureTap:
-    """Keeps the first backbone output of each step (the base method's unrotated views) for the online probe."""
+    """Captures the first backbone output of a training forward (the base method's unrotated views) for the
+    online probe. It records only inside `capture()`, which the trainer opens around the training forward, so
+    evaluation passes and other calls of the backbone never reach the probe."""
 
     def __init__(self, backbone: nn.Module) -> None:
         self.features: Tensor | None = None
+        self._armed = False
         self.handle = backbone.register_forward_hook(self._hook)
 
     def _hook(self, module: nn.Module, args: Any, output: Tensor) -> None:
-        if self.features is None:
+        if self._armed and self.features is None:
             self.features = output.detach()
+
+    @contextlib.contextmanager
+    def capture(self) -> Iterator[None]:
+        """Record the first backbone output produced inside this block (and nothing from before it)."""
+        self.features, self._armed = None, True
+        try:
+            yield
+        finally:
+            self._armed = False
 
     def take(self) -> Tensor | None:
         features, self.features = self.features, None
@@ -236,7 +250,8 @@ class Trainer:
             group["lr"] = self.base_lr if group.get("fixed_lr") else lr
         if self.config.train.channels_last:
             batch.views = [v.contiguous(memory_format=torch.channels_last) for v in batch.views]
-        with self.precision.autocast():
+        tap = self.tap.capture() if self.tap is not None else contextlib.nullcontext()
+        with tap, self.precision.autocast():
             out = self.forward(batch)
         loss = out["loss"]
         if not torch.isfinite(loss):

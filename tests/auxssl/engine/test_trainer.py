@@ -174,3 +174,25 @@ def test_subsets_are_random_samples_covering_every_class(tmp_path: Path) -> None
     assert len(subset) == 20 and set(subset.labels.tolist()) == {0, 1, 2, 3}
     assert list(random_subset(dataset, 20).indices) == list(subset.indices)  # fixed across runs
     assert random_subset(dataset, None) is dataset
+
+
+def test_online_probe_gets_only_the_current_training_features(tmp_path: Path) -> None:
+    """An evaluation between steps must not leave its features for the probe (they were paired with the next
+    step's labels before)."""
+    import copy
+
+    config = load_config(None, tiny(tmp_path, "tap", "eval.online_linear=true", "data.reveal_labels=1.0"))
+    trainer = Trainer(config)
+    trainer.evaluate()
+    assert trainer.tap is not None and trainer.tap.take() is None
+    received: list[tuple[torch.Tensor, torch.Tensor]] = []
+    trainer.online_probe.update = lambda features, labels: received.append((features, labels)) or {}
+    batch = next(iter(trainer.loader))
+    before = copy.deepcopy(trainer.model.backbone).train()
+    with torch.no_grad():
+        expected = before(torch.cat(batch.views))[: batch.size]
+    trainer.train_step(batch)
+    assert len(received) == 1
+    features, labels = received[0]
+    assert torch.equal(labels, batch.label)
+    torch.testing.assert_close(features, expected, rtol=1e-4, atol=1e-5)
