@@ -18,6 +18,7 @@ from typing import Any
 import numpy as np
 import torch
 from torch import Tensor, nn
+from torch.nn.modules.batchnorm import _BatchNorm
 from torch.utils.checkpoint import checkpoint
 
 from auxssl.config import RunConfig, save_config, to_dict
@@ -49,15 +50,34 @@ class NonFiniteLossError(RuntimeError):
     """The loss became NaN or infinite; training stopped and the last good checkpoint was kept."""
 
 
+@contextlib.contextmanager
+def _batchnorm_stats_restored(module: nn.Module) -> Iterator[None]:
+    """Undo every running-statistics update of the batch norms in ``module`` made inside this block."""
+    norms = [m for m in module.modules() if isinstance(m, _BatchNorm) and m.track_running_stats]
+    saved = [(m.running_mean.clone(), m.running_var.clone(), m.num_batches_tracked.clone()) for m in norms]
+    try:
+        yield
+    finally:
+        with torch.no_grad():
+            for m, (mean, var, count) in zip(norms, saved):
+                m.running_mean.copy_(mean)
+                m.running_var.copy_(var)
+                m.num_batches_tracked.copy_(count)
+
+
 class CheckpointedStage(nn.Sequential):
     """A ResNet stage whose activations are recomputed in the backward pass (SEER's activation checkpointing).
 
-    Same children, hence the same parameter names, as the `nn.Sequential` it replaces.
+    Same children, hence the same parameter names, as the `nn.Sequential` it replaces. The recomputation
+    leaves batch-norm running statistics untouched, so they advance once per step as without checkpointing.
     """
+
+    def _contexts(self) -> tuple[contextlib.AbstractContextManager, contextlib.AbstractContextManager]:
+        return contextlib.nullcontext(), _batchnorm_stats_restored(self)
 
     def forward(self, x: Tensor) -> Tensor:
         if self.training and torch.is_grad_enabled():
-            return checkpoint(super().forward, x, use_reentrant=False)
+            return checkpoint(super().forward, x, use_reentrant=False, context_fn=self._contexts)
         return super().forward(x)
 
 

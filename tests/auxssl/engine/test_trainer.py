@@ -110,7 +110,7 @@ def test_collapse_is_warned_about(tmp_path: Path) -> None:
         train(config)
 
 
-def test_activation_checkpointing_gives_identical_gradients() -> None:
+def test_activation_checkpointing_gives_identical_gradients_and_running_stats() -> None:
     torch.manual_seed(0)
     plain = build_backbone("resnet18", cifar_stem=True)
     checkpointed = build_backbone("resnet18", cifar_stem=True)
@@ -122,6 +122,10 @@ def test_activation_checkpointing_gives_identical_gradients() -> None:
     checkpointed(x).square().sum().backward()
     for (name, a), b in zip(plain.named_parameters(), checkpointed.parameters()):
         torch.testing.assert_close(a.grad, b.grad, msg=name)
+    # the recomputation in backward must not update batch-norm running statistics a second time
+    for (name, a), b in zip(plain.named_buffers(), checkpointed.buffers()):
+        assert torch.equal(a, b), name
+    assert all(int(m.num_batches_tracked) == 1 for m in checkpointed.modules() if isinstance(m, nn.BatchNorm2d))
 
 
 def test_cli_train_export_report(tmp_path: Path, capsys) -> None:
