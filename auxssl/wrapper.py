@@ -82,6 +82,10 @@ class AuxWrapper(nn.Module):
         return getattr(self.base, "base_tau", None)
 
     @property
+    def final_tau(self) -> float:
+        return getattr(self.base, "final_tau", 1.0)
+
+    @property
     def weights(self) -> dict[str, float]:
         """λ of every task, by name."""
         return {task.name: task.weight for task in self.tasks}
@@ -100,6 +104,11 @@ class AuxWrapper(nn.Module):
 
     def momentum_update(self, tau: float) -> None:
         ema_update_pairs_(self.momentum_pairs(), tau)
+
+    def on_train_epoch_start(self, epoch: int) -> None:
+        hook = getattr(self.base, "on_train_epoch_start", None)
+        if hook is not None:
+            hook(epoch)
 
     def on_before_optimizer_step(self, step: int) -> None:
         hook = getattr(self.base, "on_before_optimizer_step", None)

@@ -67,6 +67,8 @@ class JointEmbeddingMethod(nn.Module):
 
     #: Initial EMA coefficient of the momentum pairs (None when the method has none).
     base_tau: float | None = None
+    #: Final EMA coefficient reached by the cosine schedule (1 in BYOL; 0.999 in solo-learn's MoCo v2+).
+    final_tau: float = 1.0
     #: How many views the method consumes (None: any number, e.g. multi-crop).
     num_views: int | None = 2
 

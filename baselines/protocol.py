@@ -93,8 +93,10 @@ class SSLMethod(Protocol):
         momentum_pairs(): ``(online, target)`` module pairs updated by EMA (empty for none).
 
     Optional members the engine and `AuxWrapper` honour when present:
-        base_tau: the initial EMA coefficient of the momentum pairs (cosine-scheduled to 1).
+        base_tau: the initial EMA coefficient of the momentum pairs (cosine-scheduled to ``final_tau``).
+        final_tau: the EMA coefficient the cosine schedule ends at (1 when absent).
         on_before_optimizer_step(step): a hook run after backward and before the optimiser step.
+        on_train_epoch_start(epoch): a hook run before each training epoch (also when resuming mid-epoch).
     """
 
     backbone: nn.Module

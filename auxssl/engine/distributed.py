@@ -80,6 +80,19 @@ class AllReduceBatchNorm(_BatchNorm):
         return y.to(x.dtype)
 
 
+def wrap_ddp(model: nn.Module, device: torch.device) -> nn.parallel.DistributedDataParallel:
+    """DDP without buffer broadcasting.
+
+    DDP's default (``broadcast_buffers=False``) copies rank 0's buffers to every rank at each forward, which
+    would overwrite per-rank state: SwAV keeps one queue of *local* embeddings per process (as in the SwAV and
+    EffSSL code). Nothing else needs the broadcast: batch norms are synchronised (`convert_batchnorm`), so
+    their running statistics agree on every rank, and MoCo enqueues the keys gathered from all ranks.
+    """
+    return nn.parallel.DistributedDataParallel(
+        model, device_ids=[device.index] if device.type == "cuda" else None, broadcast_buffers=False
+    )
+
+
 def convert_batchnorm(module: nn.Module, device_type: str) -> nn.Module:
     """Synchronise every batch norm across processes: `nn.SyncBatchNorm` on CUDA, `AllReduceBatchNorm` elsewhere."""
     if device_type == "cuda":

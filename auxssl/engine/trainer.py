@@ -32,7 +32,7 @@ from auxssl.engine.checkpoint import (
     rng_state,
     set_rng_state,
 )
-from auxssl.engine.distributed import DistributedContext, convert_batchnorm, init_distributed
+from auxssl.engine.distributed import DistributedContext, convert_batchnorm, init_distributed, wrap_ddp
 from auxssl.engine.optim import build_optimizer
 from auxssl.engine.precision import resolve_device, resolve_precision
 from auxssl.engine.schedules import ema_schedule, warmup_cosine
@@ -150,9 +150,7 @@ class Trainer:
         self.model.to(self.device, memory_format=memory_format)
         self.forward = self.model
         if self.dist.enabled:
-            self.forward = nn.parallel.DistributedDataParallel(
-                self.model, device_ids=[self.device.index] if self.device.type == "cuda" else None
-            )
+            self.forward = wrap_ddp(self.model, self.device)
         if config.train.compile:
             self.forward = torch.compile(self.forward)
 
@@ -167,7 +165,8 @@ class Trainer:
         self.lr_schedule = warmup_cosine(self.base_lr, self.total_steps, round(optim.warmup_epochs * self.steps_per_epoch),
                                          self.base_lr * optim.min_lr_ratio)
         base_tau = getattr(self.model, "base_tau", None)
-        self.tau_schedule = ema_schedule(base_tau, self.total_steps) if base_tau is not None else None
+        final_tau = getattr(self.model, "final_tau", 1.0)
+        self.tau_schedule = ema_schedule(base_tau, self.total_steps, final_tau) if base_tau is not None else None
         self.scaler = torch.amp.GradScaler(self.device.type) if self.precision.needs_scaler else None
 
         self.knn_protocol = KNNProtocol(config.eval.knn_k, config.eval.knn_temperature)
@@ -338,6 +337,9 @@ class Trainer:
         try:
             while self.epoch < cfg.epochs:
                 self.loader.set_epoch(self.epoch, self.batch_in_epoch)
+                epoch_hook = getattr(self.model, "on_train_epoch_start", None)
+                if epoch_hook is not None:
+                    epoch_hook(self.epoch)
                 for batch in self.loader:
                     out = self.train_step(batch)
                     self.step += 1

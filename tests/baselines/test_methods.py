@@ -11,6 +11,7 @@ from torch import nn
 
 from baselines import METHODS, BYOL, Batch, MoCoV2, SSLMethod, SwAV, cosine_tau
 from baselines.base import encode_views
+from baselines.losses import sinkhorn_knopp
 from baselines.queue import FeatureQueue
 
 SMALL_HEADS = {
@@ -56,11 +57,11 @@ def test_loss_decreases_on_a_fixed_batch(name: str, tiny_backbone, two_views) ->
     torch.manual_seed(0)
     method = make(name, tiny_backbone)
     optimizer = torch.optim.Adam([p for p in method.parameters() if p.requires_grad], lr=3e-3)
-    queue_state = copy.deepcopy(method.queue.state_dict()) if isinstance(method, MoCoV2) else None
+    queue_state = copy.deepcopy(method.queues.state_dict()) if isinstance(method, MoCoV2) else None
     losses = []
     for _ in range(12):
         if queue_state is not None:  # keep the negatives fixed: the same batch would otherwise fill the queue
-            method.queue.load_state_dict(queue_state)
+            method.queues.load_state_dict(queue_state)
         loss = method(Batch(two_views))["loss"]
         optimizer.zero_grad()
         loss.backward()
@@ -113,18 +114,41 @@ def test_queue_is_first_in_first_out() -> None:
     assert queue.full and int(queue.ptr) == 2
 
 
-def test_moco_enqueues_normalised_keys_of_both_views(tiny_backbone, two_views) -> None:
+def test_moco_enqueues_normalised_keys_of_each_view_in_its_own_queue(tiny_backbone, two_views) -> None:
     method = make("moco_v2", tiny_backbone)
     method(Batch(two_views, index=torch.arange(16)))
     # the target encoder sees both views in one call (BN statistics over 2B): recompute the same way
     with torch.no_grad():
         keys = method.target_projector(method.target_backbone(torch.cat(two_views)))
-    torch.testing.assert_close(method.queue.items[:32], nn.functional.normalize(keys, dim=1))
-    assert method.queue.index[:32].tolist() == list(range(16)) * 2
+    keys = nn.functional.normalize(keys, dim=1)
+    torch.testing.assert_close(method.queues[0].items[:16], keys[:16])
+    torch.testing.assert_close(method.queues[1].items[:16], keys[16:])
+    assert all(q.index[:16].tolist() == list(range(16)) for q in method.queues)
     method.eval()
-    ptr = int(method.queue.ptr)
+    ptr = int(method.queues[0].ptr)
     method(Batch(two_views))
-    assert int(method.queue.ptr) == ptr  # evaluation never enqueues
+    assert int(method.queues[0].ptr) == ptr  # evaluation never enqueues
+
+
+def test_moco_v2_is_solo_learn_mocov2plus(tiny_backbone, two_views) -> None:
+    """Projector Linear-ReLU-Linear 2048→256, τ 0.99 → 0.999, and the loss of q1 against k2 and view 2's queue
+    (plus the mirror term), averaged: written out with einsum as in solo-learn's ``mocov2plus_loss_func``."""
+    method = MoCoV2(tiny_backbone, queue_size=64)
+    assert [type(m) for m in method.projector] == [nn.Linear, nn.ReLU, nn.Linear]
+    assert method.projector[0].out_features == 2048 and method.projector[2].out_features == 256
+    assert (method.base_tau, method.final_tau) == (0.99, 0.999)
+    queues = [q.items.clone() for q in method.queues]
+    out = method(Batch(two_views))
+    with torch.no_grad():
+        z = nn.functional.normalize(method.projector(method.backbone(torch.cat(two_views))), dim=1)
+        k = nn.functional.normalize(method.target_projector(method.target_backbone(torch.cat(two_views))), dim=1)
+
+    def info_nce(query, key, queue):
+        logits = torch.cat([torch.einsum("nc,nc->n", query, key)[:, None], torch.einsum("nc,kc->nk", query, queue)], 1)
+        return nn.functional.cross_entropy(logits / 0.2, torch.zeros(len(query), dtype=torch.long))
+
+    expected = (info_nce(z[:16], k[16:], queues[1]) + info_nce(z[16:], k[:16], queues[0])) / 2
+    torch.testing.assert_close(out["loss"].detach(), expected, rtol=1e-5, atol=1e-6)
 
 
 def test_swav_multicrop_batches_views_by_resolution(tiny_backbone) -> None:
@@ -137,16 +161,25 @@ def test_swav_multicrop_batches_views_by_resolution(tiny_backbone) -> None:
     assert torch.isfinite(out["loss"])
 
 
-def test_swav_codes_are_equipartitioned_and_queue_used_when_full(tiny_backbone) -> None:
-    method = SwAV(tiny_backbone, proj_hidden_dim=64, proj_dim=32, num_prototypes=10, queue_length=32)
+def test_swav_queue_is_used_from_epoch_queue_starts_once_full(tiny_backbone) -> None:
+    method = SwAV(tiny_backbone, proj_hidden_dim=64, proj_dim=32, num_prototypes=10, queue_length=32,
+                  epoch_queue_starts=2)
+    assert SwAV(tiny_backbone, queue_length=32).epoch_queue_starts == 15  # the official SwAV default
     scores = torch.randn(16, 10)
     assert not method.queues[0].full
     torch.testing.assert_close(method.codes(scores, 0).sum(dim=1), torch.ones(16))
     without_queue = method.codes(scores, 0)
-    for _ in range(2):
+    for _ in range(2):  # filled from the first step
         method(Batch([torch.rand(16, 3, 16, 16), torch.rand(16, 3, 16, 16)]))
     assert method.queues[0].full
-    assert not torch.allclose(method.codes(scores, 0), without_queue)
+    for epoch in (0, 1):
+        method.on_train_epoch_start(epoch)
+        assert not method.queue_in_use(0)
+        torch.testing.assert_close(method.codes(scores, 0), without_queue)
+    method.on_train_epoch_start(2)
+    with_queue = sinkhorn_knopp(torch.cat([scores, method.prototypes(method.queues[0].items)]))[:16]
+    torch.testing.assert_close(method.codes(scores, 0), with_queue)
+    assert not torch.allclose(with_queue, without_queue)
 
 
 def test_swav_prototypes_frozen_during_first_steps(tiny_backbone, two_views) -> None:
@@ -157,6 +190,12 @@ def test_swav_prototypes_frozen_during_first_steps(tiny_backbone, two_views) -> 
     method(Batch(two_views))["loss"].backward()
     method.on_before_optimizer_step(5)
     assert method.prototypes.weight.grad is not None
+    by_epoch = SwAV(tiny_backbone, proj_hidden_dim=64, proj_dim=32, num_prototypes=10, freeze_prototypes_epochs=2)
+    for epoch, frozen in ((1, True), (2, False)):
+        by_epoch.on_train_epoch_start(epoch)
+        by_epoch(Batch(two_views))["loss"].backward()
+        by_epoch.on_before_optimizer_step(1000)
+        assert (by_epoch.prototypes.weight.grad is None) == frozen
 
 
 def test_two_view_methods_reject_other_view_counts(tiny_backbone) -> None:

@@ -17,7 +17,7 @@ import torch.multiprocessing as mp
 from torch import nn
 
 from auxssl import AuxWrapper, RotationPrediction
-from auxssl.engine.distributed import convert_batchnorm
+from auxssl.engine.distributed import convert_batchnorm, wrap_ddp
 from baselines import METHODS, Batch
 
 WORLD = 2
@@ -79,15 +79,54 @@ def worker(rank: int, init_file: str, out_dir: str) -> None:
         results[case] = ((mean_loss / WORLD).item(), [p.grad.clone() for p in model.parameters() if p.requires_grad])
     if rank == 0:
         torch.save(results, Path(out_dir) / "results.pt")
+    torch.save(queue_states(rank), Path(out_dir) / f"queues{rank}.pt")
     dist.barrier()
     dist.destroy_process_group()
+
+
+def queue_states(rank: int) -> dict:
+    """Two training forwards of SwAV (queue) and MoCo v2 through the engine's DDP wrapper, each rank on its own
+    data; returns the queues and the local embeddings that SwAV should have enqueued."""
+    states: dict = {}
+    for name, kwargs in (("swav", dict(queue_length=16)), ("moco_v2", {})):
+        torch.manual_seed(0)
+        model = convert_batchnorm(METHODS[name](small_backbone(), **HEADS[name], **kwargs).double(), "cpu")
+        ddp = wrap_ddp(model, torch.device("cpu"))
+        local: list[torch.Tensor] = []
+        model.projector.register_forward_hook(lambda m, a, out: local.append(out.detach()))
+        for step in range(2):
+            g = torch.Generator().manual_seed(100 * rank + step)
+            ddp(Batch([torch.rand(4, 3, 8, 8, generator=g, dtype=torch.float64) for _ in range(2)]))["loss"].backward()
+        states[name] = {"queues": [q.items.clone() for q in model.queues], "local": local}
+    return states
 
 
 @pytest.fixture(scope="module")
 def distributed_results() -> dict:
     with tempfile.TemporaryDirectory() as tmp:
         mp.spawn(worker, args=(str(Path(tmp) / "init"), tmp), nprocs=WORLD, join=True)
-        return torch.load(Path(tmp) / "results.pt")
+        results = torch.load(Path(tmp) / "results.pt")
+        results["queues"] = [torch.load(Path(tmp) / f"queues{r}.pt") for r in range(WORLD)]
+        return results
+
+
+def test_swav_keeps_one_queue_of_local_embeddings_per_rank(distributed_results: dict) -> None:
+    """As in the SwAV/EffSSL code: each process enqueues its own embeddings (DDP must not broadcast rank 0's)."""
+    for rank_state in distributed_results["queues"]:
+        swav = rank_state["swav"]
+        assert all(q.shape[0] == 16 // WORLD for q in swav["queues"])
+        for crop in range(2):
+            expected = torch.cat([nn.functional.normalize(z.chunk(2)[crop], dim=1) for z in swav["local"]])
+            torch.testing.assert_close(swav["queues"][crop], expected)
+    assert not torch.allclose(distributed_results["queues"][0]["swav"]["queues"][0],
+                              distributed_results["queues"][1]["swav"]["queues"][0])
+
+
+def test_moco_enqueues_the_gathered_keys_on_every_rank(distributed_results: dict) -> None:
+    per_rank = [state["moco_v2"]["queues"] for state in distributed_results["queues"]]
+    for a, b in zip(*per_rank):
+        torch.testing.assert_close(a, b)
+    assert per_rank[0][0][:16].abs().sum() > 0
 
 
 @pytest.mark.parametrize("case", CASES)

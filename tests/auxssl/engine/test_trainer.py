@@ -200,3 +200,11 @@ def test_online_probe_gets_only_the_current_training_features(tmp_path: Path) ->
     features, labels = received[0]
     assert torch.equal(labels, batch.label)
     torch.testing.assert_close(features, expected, rtol=1e-4, atol=1e-5)
+
+
+def test_tau_schedule_runs_to_the_methods_final_tau(tmp_path: Path) -> None:
+    config = load_config(None, tiny(tmp_path, "tau", "model.method=moco_v2", "tasks=[]",
+                                    "model.method_args={proj_hidden_dim: 32, proj_dim: 16, queue_size: 64}"))
+    schedule = Trainer(config).tau_schedule
+    assert schedule[0] == pytest.approx(0.99) and schedule.max() < 0.999
+    assert schedule[-1] == pytest.approx(0.999, abs=1e-4)
