@@ -59,6 +59,7 @@ class OptimConfig:
     warmup_epochs: float = 10.0
     min_lr_ratio: float = 0.0  # final lr = lr · min_lr_ratio (cosine)
     lars_eta: float = 0.02
+    lars_clip_lr: bool = True  # solo-learn's clip_lr: per-layer rate min(eta·‖p‖/‖g‖, lr)
     betas: tuple[float, float] = (0.9, 0.999)
 
 

@@ -157,7 +157,7 @@ class Trainer:
         optim = config.optim
         self.base_lr = optim.lr * config.data.batch_size / 256
         self.optimizer = build_optimizer(self.model.param_groups(), optim.name, self.base_lr, optim.weight_decay,
-                                         optim.momentum, optim.lars_eta, optim.betas)
+                                         optim.momentum, optim.lars_eta, optim.betas, optim.lars_clip_lr)
         self.steps_per_epoch = len(self.loader)
         if self.steps_per_epoch == 0:
             raise ValueError(f"data.batch_size={config.data.batch_size} exceeds the {len(self.train_set)} training images")

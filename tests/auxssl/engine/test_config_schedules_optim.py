@@ -68,24 +68,53 @@ def test_ema_schedule_matches_byol_formula() -> None:
         assert taus[k] == pytest.approx(1 - (1 - 0.996) * (math.cos(math.pi * k / 50) + 1) / 2)
 
 
-def test_lars_update_matches_formula() -> None:
-    w = torch.nn.Parameter(torch.tensor([3.0, 4.0]))  # ‖w‖ = 5
-    b = torch.nn.Parameter(torch.tensor([1.0]))
-    opt = LARS([{"params": [w]}, {"params": [b], "weight_decay": 0.0, "lars_exclude": True}],
-               lr=0.1, momentum=0.9, weight_decay=0.5, eta=0.02)
-    w.grad, b.grad = torch.tensor([0.5, -1.0]), torch.tensor([2.0])
-    opt.step()
-    g = torch.tensor([0.5, -1.0]) + 0.5 * torch.tensor([3.0, 4.0])  # [2, 1], ‖g‖ = √5
-    update = g * 0.02 * 5 / math.sqrt(5)
-    torch.testing.assert_close(w.detach(), torch.tensor([3.0, 4.0]) - 0.1 * update)
-    torch.testing.assert_close(b.detach(), torch.tensor([1.0 - 0.1 * 2.0]))  # excluded: plain SGD
-    # second step: heavy-ball momentum on the adapted gradient
-    w_before = w.detach().clone()
-    w.grad, b.grad = torch.tensor([0.0, 0.0]), torch.tensor([0.0])
-    opt.step()
-    g2 = 0.5 * w_before
-    v2 = 0.9 * update + g2 * 0.02 * w_before.norm() / g2.norm()
-    torch.testing.assert_close(w.detach(), w_before - 0.1 * v2)
+def solo_learn_lars_reference(params: list[list[float]], grads: list[list[list[float]]], exclude: list[bool],
+                              lrs: list[float], wd: float, eta: float, clip: bool, m: float = 0.9) -> list[list[float]]:
+    """solo-learn's LARS step written out per element in plain Python floats, one step per entry of ``lrs``."""
+    params = [list(p) for p in params]
+    buffers: list[list[float] | None] = [None] * len(params)
+    for step, lr in enumerate(lrs):
+        for i, p in enumerate(params):
+            g = grads[step][i]
+            d = list(g)
+            p_norm, g_norm = math.sqrt(sum(x * x for x in p)), math.sqrt(sum(x * x for x in g))
+            if not exclude[i] and p_norm != 0 and g_norm != 0:
+                rate = eta * p_norm / (g_norm + p_norm * wd + 1e-8)
+                if clip:
+                    rate = min(rate / lr, 1.0)
+                d = [(gi + wd * pi) * rate for gi, pi in zip(g, p)]
+            buffers[i] = d if buffers[i] is None else [m * b + di for b, di in zip(buffers[i], d)]
+            params[i] = [pi - lr * b for pi, b in zip(p, buffers[i])]
+    return params
+
+
+@pytest.mark.parametrize("clip", [True, False])
+@pytest.mark.parametrize("lrs", [[0.1, 0.1], [1.0, 0.5]])
+def test_lars_matches_solo_learn_step(clip: bool, lrs: list[float]) -> None:
+    w0, b0, z0 = [3.0, 4.0], [1.0], [0.0, 0.0]  # z: zero norm, plain SGD
+    grads = [[[0.5, -1.0], [2.0], [0.3, 0.1]], [[0.0, 0.2], [0.5], [0.1, -0.2]]]
+    w, b, z = (torch.nn.Parameter(torch.tensor(x, dtype=torch.float64)) for x in (w0, b0, z0))
+    opt = LARS([{"params": [w, z]}, {"params": [b], "weight_decay": 0.0, "lars_exclude": True}],
+               lr=lrs[0], momentum=0.9, weight_decay=0.5, eta=0.02, clip_lr=clip)
+    for step, lr in enumerate(lrs):
+        for group in opt.param_groups:
+            group["lr"] = lr
+        w.grad, b.grad, z.grad = (torch.tensor(g, dtype=torch.float64) for g in grads[step])
+        opt.step()
+    expected = solo_learn_lars_reference([w0, b0, z0], [[g[0], g[1], g[2]] for g in grads], [False, True, False],
+                                         lrs, wd=0.5, eta=0.02, clip=clip)
+    for got, want in zip((w, b, z), expected):
+        torch.testing.assert_close(got.detach(), torch.tensor(want, dtype=torch.float64))
+
+
+def test_lars_clip_takes_the_smaller_of_adapted_and_scheduled_rate() -> None:
+    """‖p‖=5, ‖g‖=1, wd=0: the adapted rate is eta·5 = 0.1; with lr=1 the step is 0.1·g, with lr=0.01 it is 0.01·g."""
+    for lr, rate in ((1.0, 0.1), (0.01, 0.01)):
+        p = torch.nn.Parameter(torch.tensor([3.0, 4.0]))
+        opt = LARS([p], lr=lr, momentum=0.0, eta=0.02)
+        p.grad = torch.tensor([0.0, 1.0])
+        opt.step()
+        torch.testing.assert_close(p.detach(), torch.tensor([3.0, 4.0 - rate]))
 
 
 def test_build_optimizer_keeps_group_weight_decay() -> None:
