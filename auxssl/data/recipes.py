@@ -68,15 +68,32 @@ def simclr(image_size: int = 32) -> Recipe:
     return Recipe("simclr", (view, view), description=simclr.__doc__ or "")
 
 
-def byol(image_size: int = 32) -> Recipe:
-    """BYOL (Grill et al. 2020, table 6): crop 0.08–1, flip, jitter 0.4/0.4/0.2/0.1 p=0.8, grayscale p=0.2;
-    asymmetric views: blur p=1.0 / 0.1 and solarize p=0 / 0.2."""
+#: Images smaller than this get the CIFAR variants of recipes (no Gaussian blur).
+SMALL_IMAGE_SIZE = 64
+
+
+def byol_cifar(image_size: int = 32) -> Recipe:
+    """BYOL's asymmetric recipe for small images, as solo-learn's CIFAR ``asymmetric.yaml``: crop 0.08–1, flip,
+    jitter 0.4/0.4/0.2/0.1 p=0.8, grayscale p=0.2, no blur (SimCLR B.9 drops blur on CIFAR too); solarize
+    p=0 / 0.2."""
+    base = ViewSpec(size=image_size, jitter=(0.4, 0.4, 0.2, 0.1))
+    return Recipe("byol_cifar", (base, replace(base, solarize_p=0.2)), description=byol_cifar.__doc__ or "")
+
+
+def byol_imagenet(image_size: int = 224) -> Recipe:
+    """BYOL's ImageNet recipe (Grill et al. 2020, table 6): crop 0.08–1, flip, jitter 0.4/0.4/0.2/0.1 p=0.8,
+    grayscale p=0.2; asymmetric views: blur p=1.0 / 0.1 and solarize p=0 / 0.2."""
     base = ViewSpec(size=image_size, jitter=(0.4, 0.4, 0.2, 0.1))
     return Recipe(
-        "byol",
+        "byol_imagenet",
         (replace(base, blur_p=1.0, solarize_p=0.0), replace(base, blur_p=0.1, solarize_p=0.2)),
-        description=byol.__doc__ or "",
+        description=byol_imagenet.__doc__ or "",
     )
+
+
+def byol(image_size: int = 32) -> Recipe:
+    """BYOL's recipe for the image size: `byol_cifar` below ``SMALL_IMAGE_SIZE`` px, else `byol_imagenet`."""
+    return byol_cifar(image_size) if image_size < SMALL_IMAGE_SIZE else byol_imagenet(image_size)
 
 
 def swav_multicrop(image_size: int = 32, num_local: int = 6) -> Recipe:
@@ -119,6 +136,8 @@ RECIPES = {
     "simclr": simclr,
     "moco": simclr,
     "byol": byol,
+    "byol_cifar": byol_cifar,
+    "byol_imagenet": byol_imagenet,
     "swav_multicrop": swav_multicrop,
     "ffcv_crop_grayscale": ffcv_crop_grayscale,
     "ffcv_gaussian_noise": ffcv_gaussian_noise,

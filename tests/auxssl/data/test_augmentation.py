@@ -152,7 +152,11 @@ def test_recipes_are_complete_and_documented() -> None:
     for build in RECIPES.values():
         recipe = build(32)
         assert isinstance(recipe, Recipe) and recipe.description
-    byol = get_recipe("byol")
+    byol = get_recipe("byol", 32)  # CIFAR: solo-learn's asymmetric.yaml, no blur
+    assert (byol.views[0].blur_p, byol.views[1].blur_p) == (0.0, 0.0)
+    assert (byol.views[0].solarize_p, byol.views[1].solarize_p) == (0.0, 0.2)
+    assert byol.views[0].jitter == (0.4, 0.4, 0.2, 0.1) and byol.views[0].jitter_p == 0.8
+    byol = get_recipe("byol", 224)  # ImageNet: BYOL table 6
     assert (byol.views[0].blur_p, byol.views[1].blur_p) == (1.0, 0.1)
     assert (byol.views[0].solarize_p, byol.views[1].solarize_p) == (0.0, 0.2)
     swav = get_recipe("swav_multicrop", 224)
