@@ -9,7 +9,7 @@ from torch import nn
 from auxssl.config import RunConfig
 from auxssl.data import build_loader, get_dataset, get_recipe, reveal_labels
 from auxssl.data.datasets import ImageDataset, ImageSubset
-from auxssl.data.loaders import MultiViewLoader
+from auxssl.data.loaders import MultiViewLoader, derive_seed
 from auxssl.tasks import JigsawPrediction, RotationPrediction
 from auxssl.wrapper import AuxWrapper
 from baselines import METHODS, build_backbone
@@ -54,6 +54,13 @@ def build_model(config: RunConfig) -> nn.Module:
     return AuxWrapper(method, tasks)
 
 
+def process_seed(seed: int, rank: int, world_size: int) -> int:
+    """The seed of one process's randomness (augmentations, rotation labels): ``seed`` itself in a single
+    process, a distinct seed per rank under torch.distributed, so that sample *i* of every rank does not get the
+    same crop, jitter and rotation. Deterministic for a given seed and world size."""
+    return seed if world_size <= 1 else derive_seed(seed, rank, world_size)
+
+
 def build_train_loader(
     config: RunConfig, train: ImageDataset, device: torch.device, rank: int = 0, world_size: int = 1
 ) -> MultiViewLoader:
@@ -69,5 +76,5 @@ def build_train_loader(
         labels = None if labels is None else labels[shard]
     return build_loader(
         data.backend, train, recipe, data.batch_size // world_size, labels=labels, device=device,
-        seed=config.train.seed, num_workers=data.num_workers,
+        seed=process_seed(config.train.seed, rank, world_size), num_workers=data.num_workers,
     )

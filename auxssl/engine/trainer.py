@@ -22,7 +22,7 @@ from torch.nn.modules.batchnorm import _BatchNorm
 from torch.utils.checkpoint import checkpoint
 
 from auxssl.config import RunConfig, save_config, to_dict
-from auxssl.engine.build import build_datasets, build_model, build_train_loader
+from auxssl.engine.build import build_datasets, build_model, build_train_loader, process_seed
 from auxssl.engine.checkpoint import (
     atomic_save,
     checkpoint_path,
@@ -146,6 +146,9 @@ class Trainer:
             enable_activation_checkpointing(self.model.backbone)
         if self.dist.enabled:
             self.model = convert_batchnorm(self.model, self.device.type)
+            # identical initial weights on every rank (seeded above); from here on each rank draws its own
+            # randomness (rotation labels and other draws from the global RNG)
+            seed_everything(process_seed(config.train.seed, self.dist.rank, self.dist.world_size), False)
         memory_format = torch.channels_last if config.train.channels_last else torch.preserve_format
         self.model.to(self.device, memory_format=memory_format)
         self.forward = self.model

@@ -25,6 +25,10 @@ def kornia_augmentation(
 ) -> nn.Sequential:
     """The batched pipeline of one view for float images in [0, 1]; parameters are drawn per sample.
 
+    One deliberate difference from the torchvision backend: kornia's ``ColorJitter`` draws the *order* of its
+    four adjustments (brightness, contrast, saturation, hue) once per batch, torchvision once per sample. The
+    strengths and the application probability are still drawn per sample.
+
     ``geometric=False`` leaves out crop and flip (for backends that crop while decoding, e.g. FFCV).
     """
     steps: list[nn.Module] = []

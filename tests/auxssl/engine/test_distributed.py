@@ -137,3 +137,23 @@ def test_two_processes_match_one(case: str, distributed_results: dict) -> None:
     assert len(grads) == len(dist_grads)
     for expected, got in zip(grads, dist_grads):
         torch.testing.assert_close(got, expected, rtol=1e-8, atol=1e-10)
+
+
+def test_ranks_draw_different_augmentations_deterministically() -> None:
+    """Identical images on two ranks must not get identical views (the seed depends on the rank)."""
+    from auxssl.config import load_config
+    from auxssl.data.datasets import ArrayDataset
+    from auxssl.engine.build import build_train_loader, process_seed
+
+    images = torch.full((16, 3, 16, 16), 128, dtype=torch.uint8)
+    images[:, 0, :8] = 0  # one structured image, repeated
+    dataset = ArrayDataset(images.permute(0, 2, 3, 1).contiguous().numpy(), [0] * 16, ["a"], name="same")
+    config = load_config(None, ["data.batch_size=8", "data.image_size=16"])
+
+    def first_batch(rank: int) -> list[torch.Tensor]:
+        return next(iter(build_train_loader(config, dataset, torch.device("cpu"), rank, WORLD))).views
+
+    rank0, rank1, again = first_batch(0), first_batch(1), first_batch(0)
+    assert all(torch.equal(a, b) for a, b in zip(rank0, again))
+    assert not torch.allclose(rank0[0], rank1[0])
+    assert process_seed(7, 0, 1) == 7 and len({process_seed(7, r, 4) for r in range(4)}) == 4
