@@ -18,12 +18,14 @@ def resolve_device(name: str) -> torch.device:
 
 
 def native_bf16(device: torch.device) -> bool:
-    """bf16 that is fast here: CUDA with bf16 support, or a CPU with native bf16 (AVX512-BF16/AMX via oneDNN).
+    """bf16 that is fast here: a CUDA device with native bf16 (Ampere or newer), or a CPU with native bf16
+    (AVX512-BF16/AMX via oneDNN).
 
-    On AVX2-only CPUs bf16 autocast is emulated and ~20× slower than fp32.
+    Emulated bf16 never counts: on AVX2-only CPUs bf16 autocast is ~20× slower than fp32, and older GPUs
+    (e.g. V100, T4) only emulate it, which `torch.cuda.is_bf16_supported()` accepts by default.
     """
     if device.type == "cuda":
-        return torch.cuda.is_bf16_supported()
+        return torch.cuda.is_bf16_supported(including_emulation=False)
     return bool(torch.ops.mkldnn._is_mkldnn_bf16_supported())
 
 

@@ -57,16 +57,28 @@ def probe_head(in_dim: int, num_classes: int, hidden_dim: int | None) -> nn.Modu
     )
 
 
-def train_probe(
-    train_x: Tensor, train_y: Tensor, test_x: Tensor, test_y: Tensor, config: ProbeConfig = ProbeConfig(),
-    num_classes: int | None = None,
-) -> dict[str, float]:
-    """Train a probe on precomputed features; returns top-1/top-5 test accuracy (%) and final train loss."""
+class Standardise(nn.Module):
+    """Fixed per-dimension standardisation ``(x - mean) / std`` (an affine-free BatchNorm in eval mode)."""
+
+    def __init__(self, mean: Tensor, std: Tensor) -> None:
+        super().__init__()
+        self.register_buffer("mean", mean.detach().clone())
+        self.register_buffer("std", std.detach().clone())
+
+    def forward(self, x: Tensor) -> Tensor:
+        return (x.float() - self.mean) / self.std
+
+
+def fit_probe(
+    train_x: Tensor, train_y: Tensor, config: ProbeConfig = ProbeConfig(), num_classes: int | None = None
+) -> tuple[nn.Sequential, float]:
+    """Train a probe on precomputed features (labels -1 ignored); returns ``Standardise → head`` in eval mode
+    (it maps raw features to logits) and the final training loss."""
     labelled = train_y >= 0
     train_x, train_y = train_x[labelled].float(), train_y[labelled].long()
-    num_classes = num_classes or int(max(train_y.max(), test_y.max())) + 1
-    mean, std = train_x.mean(dim=0), train_x.std(dim=0).clamp_min(1e-6)
-    train_x, test_x = (train_x - mean) / std, (test_x.float() - mean) / std
+    num_classes = num_classes or int(train_y.max()) + 1
+    standardise = Standardise(train_x.mean(dim=0), train_x.std(dim=0).clamp_min(1e-6))
+    train_x = standardise(train_x)
     generator = torch.Generator().manual_seed(config.seed)
     torch.manual_seed(config.seed)
     head = probe_head(train_x.shape[1], num_classes, config.hidden_dim)
@@ -87,10 +99,19 @@ def train_probe(
             loss.backward()
             optimizer.step()
             schedule.step()
-    head.eval()
+    return nn.Sequential(standardise, head).eval(), loss.item()
+
+
+def train_probe(
+    train_x: Tensor, train_y: Tensor, test_x: Tensor, test_y: Tensor, config: ProbeConfig = ProbeConfig(),
+    num_classes: int | None = None,
+) -> dict[str, float]:
+    """Train a probe on precomputed features; returns top-1/top-5 test accuracy (%) and final train loss."""
+    num_classes = num_classes or int(max(train_y.max(), test_y.max())) + 1
+    probe, loss = fit_probe(train_x, train_y, config, num_classes)
     with torch.no_grad():
-        acc = topk_accuracy(head(test_x), test_y)
-    return {"top1": 100 * acc[1], "top5": 100 * acc[5], "train_loss": loss.item()}
+        acc = topk_accuracy(probe(test_x), test_y)
+    return {"top1": 100 * acc[1], "top5": 100 * acc[5], "train_loss": loss}
 
 
 def linear_probe(

@@ -125,3 +125,17 @@ def test_build_optimizer_keeps_group_weight_decay() -> None:
         assert [g["weight_decay"] for g in opt.param_groups] == [1e-4, 0.0]
     with pytest.raises(ValueError, match="unknown optimiser"):
         build_optimizer(groups, "adam", lr=0.1, weight_decay=0.0, momentum=0.9)
+
+
+def test_auto_precision_never_picks_emulated_bf16_on_cuda(monkeypatch) -> None:
+    """A GPU that only emulates bf16 (V100, T4) must train in fp32 under ``precision: auto``."""
+    from auxssl.engine import precision
+
+    def emulating_gpu(including_emulation: bool = True) -> bool:
+        return including_emulation
+
+    monkeypatch.setattr(torch.cuda, "is_bf16_supported", emulating_gpu)
+    assert precision.resolve_precision("auto", torch.device("cuda")).dtype is None
+    monkeypatch.setattr(torch.cuda, "is_bf16_supported", lambda including_emulation=True: True)
+    assert precision.resolve_precision("auto", torch.device("cuda")).dtype is torch.bfloat16
+    assert precision.resolve_precision("bf16", torch.device("cuda")).dtype is torch.bfloat16  # explicit choice kept
