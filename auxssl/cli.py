@@ -33,20 +33,34 @@ def _eval(args: argparse.Namespace) -> int:
     knn = KNNProtocol(args.k, args.temperature)
     linear = ProbeConfig(epochs=args.probe_epochs) if args.linear else None
     mlp = ProbeConfig(epochs=args.probe_epochs, hidden_dim=args.mlp_hidden) if args.mlp else None
-    results: dict = evaluate_backbone(backbone, train, test, knn=knn, linear=linear, mlp=mlp, device=args.device)
+    results: dict = evaluate_backbone(backbone, train, test, knn=knn, linear=linear, mlp=mlp, device=args.device,
+                                      image_size=args.image_size)
+    semisup = {}
     for fraction in args.semisup:
-        out = finetune_semisupervised(backbone, train, test, SemiSupervisedConfig(fraction=fraction), args.device)
+        out = finetune_semisupervised(backbone, train, test, SemiSupervisedConfig(fraction=fraction), args.device,
+                                      image_size=args.image_size or _stored_size(train))
         results.update({k: v for k, v in out.items() if "/" in k})
-    results["protocol"] = {"knn": knn.describe(), **({"linear": linear.describe()} if linear else {}),
-                           **({"mlp": mlp.describe()} if mlp else {})}
+        semisup[f"{100 * fraction:g}pct"] = {"config": out["config"], "subset_indices": out["subset_indices"]}
+    size = args.image_size or _stored_size(train)
+    results["protocol"] = {"data": f"features at {size} px; bank: {len(train)} training images; test: {len(test)} images",
+                           "knn": knn.describe(), **({"linear": linear.describe()} if linear else {}),
+                           **({"mlp": mlp.describe()} if mlp else {}),
+                           **({"semisup": out["protocol"]} if args.semisup else {})}
     results["checkpoint"] = str(args.checkpoint)
     results["config"] = {"backbone": args.backbone, "cifar_stem": args.cifar_stem, "dataset": args.dataset,
-                         "knn": asdict(knn)}
+                         "image_size": size, "knn": asdict(knn)}
+    if semisup:
+        results["semisup"] = semisup  # the labelled subsets, to reproduce or compare the fine-tuning
     text = json.dumps(results, indent=2)
     if args.out:
         Path(args.out).write_text(text)
     print(text)
     return 0
+
+
+def _stored_size(dataset) -> int:  # noqa: ANN001 - an ImageDataset
+    """The side of the dataset's first image (evaluation at the stored size when no size is given)."""
+    return max(dataset.load(0).size)
 
 
 def _train(args: argparse.Namespace) -> int:
@@ -159,6 +173,9 @@ def build_parser() -> argparse.ArgumentParser:
     ev.add_argument("--mlp-hidden", type=int, default=1024)
     ev.add_argument("--probe-epochs", type=int, default=100)
     ev.add_argument("--semisup", type=float, nargs="*", default=[], metavar="FRACTION", help="e.g. 0.01 0.1")
+    ev.add_argument("--image-size", type=int, default=None,
+                    help="resize images to this side before the backbone: use the training resolution "
+                         "(data.image_size); default: the dataset's stored size")
     ev.add_argument("--device", default="cpu")
     ev.add_argument("--out", help="write the results JSON here too")
     ev.set_defaults(func=_eval)

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import NamedTuple
+
 import numpy as np
 import torch
 from torch import nn
@@ -28,12 +30,23 @@ def random_subset(dataset: ImageDataset, size: int | None, seed: int = 0) -> Ima
     return ImageSubset(dataset, np.sort(np.random.default_rng(seed).permutation(len(dataset))[:size]))
 
 
-def build_datasets(config: RunConfig) -> tuple[ImageDataset, ImageDataset]:
-    """The training split and the test split, each reduced to its configured random subset."""
+class RunDatasets(NamedTuple):
+    """The datasets of a run: what it trains on, what evaluation fits on (kNN bank, probes) and tests on."""
+
+    train: ImageDataset
+    bank: ImageDataset
+    test: ImageDataset
+
+
+def build_datasets(config: RunConfig) -> RunDatasets:
+    """The training split (reduced to ``data.train_subset``), the evaluation bank (the training images, or the
+    full training split with ``eval.bank: full_train``) and the test split (reduced to ``eval.test_subset``)."""
     data = config.data
-    train = get_dataset(data.dataset, "train", data.root, data.download)
+    full_train = get_dataset(data.dataset, "train", data.root, data.download)
     test = get_dataset(data.dataset, "test", data.root, data.download)
-    return random_subset(train, data.train_subset), random_subset(test, config.eval.test_subset)
+    train = random_subset(full_train, data.train_subset)
+    bank = full_train if config.eval.bank == "full_train" else train
+    return RunDatasets(train, bank, random_subset(test, config.eval.test_subset))
 
 
 def build_model(config: RunConfig) -> nn.Module:
@@ -58,7 +71,7 @@ def process_seed(seed: int, rank: int, world_size: int) -> int:
     """The seed of one process's randomness (augmentations, rotation labels): ``seed`` itself in a single
     process, a distinct seed per rank under torch.distributed, so that sample *i* of every rank does not get the
     same crop, jitter and rotation. Deterministic for a given seed and world size."""
-    return seed if world_size <= 1 else derive_seed(seed, rank, world_size)
+    return seed if world_size <= 1 else derive_seed(seed, rank, world_size) % 2**31  # numpy seeds are 32-bit
 
 
 def build_train_loader(

@@ -8,6 +8,7 @@ Evaluations run with the training clock paused; checkpoints hold the full state 
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import logging
 import random
 import warnings
@@ -22,7 +23,7 @@ from torch.nn.modules.batchnorm import _BatchNorm
 from torch.utils.checkpoint import checkpoint
 
 from auxssl.config import RunConfig, save_config, to_dict
-from auxssl.engine.build import build_datasets, build_model, build_train_loader, process_seed
+from auxssl.engine.build import RunDatasets, build_datasets, build_model, build_train_loader, process_seed
 from auxssl.engine.checkpoint import (
     atomic_save,
     checkpoint_path,
@@ -39,11 +40,14 @@ from auxssl.engine.schedules import ema_schedule, warmup_cosine
 from auxssl.eval.knn import KNNProtocol
 from auxssl.eval.linear import OnlineLinearProbe, ProbeConfig
 from auxssl.eval.offline import evaluate_backbone
-from auxssl.eval.tracker import MetricsLog, RunInfo, TrainClock, write_run_info
+from auxssl.eval.tracker import MetricsLog, RunInfo, TrainClock, WindowMeans, write_run_info
 from baselines.backbones import feature_dim
 from baselines.protocol import Batch
 
 logger = logging.getLogger("auxssl")
+
+#: The key under which a step reports how many labelled samples its online-probe metrics are averaged over.
+PROBE_LABELLED = "online_linear/labelled"
 
 
 class NonFiniteLossError(RuntimeError):
@@ -127,9 +131,12 @@ class FeatureTap:
 
 
 class Trainer:
-    """Trains one run described by a `RunConfig` into ``config.run_dir``."""
+    """Trains one run described by a `RunConfig` into ``config.run_dir``.
 
-    def __init__(self, config: RunConfig, resume: bool = False) -> None:
+    ``datasets`` replaces the datasets the config names (for data built in code rather than by name).
+    """
+
+    def __init__(self, config: RunConfig, resume: bool = False, datasets: RunDatasets | None = None) -> None:
         self.config = config
         self.device = resolve_device(config.train.device)
         self.dist: DistributedContext = init_distributed(self.device.type)
@@ -138,7 +145,8 @@ class Trainer:
         self.precision = resolve_precision(config.train.precision, self.device)
         seed_everything(config.train.seed, config.train.deterministic)
         self.run_dir = config.run_dir
-        self.train_set, self.test_set = build_datasets(config)
+        self.train_set, self.bank_set, self.test_set = datasets or build_datasets(config)
+        self.eval_image_size = config.eval.image_size or config.data.image_size
         self.loader = build_train_loader(config, self.train_set, self.device, self.dist.rank, self.dist.world_size)
 
         self.model = build_model(config)
@@ -201,12 +209,33 @@ class Trainer:
 
     # ------------------------------------------------------------------------------------------ bookkeeping
     def run_info(self) -> RunInfo:
-        protocol = {"kNN": self.knn_protocol.describe()}
-        if self.config.eval.linear:
+        """The run's identity, every setting that changes its evaluations, and its training budget."""
+        cfg = self.config
+        data = {
+            "dataset": cfg.data.dataset, "root": cfg.data.root, "image_size": self.eval_image_size,
+            "bank": cfg.eval.bank, "bank_size": len(self.bank_set), "test_subset": cfg.eval.test_subset,
+            "test_size": len(self.test_set), "subset_seed": 0,
+        }
+        data_text = (f"features at {self.eval_image_size} px; bank: {len(self.bank_set)} training images"
+                     f"{' (full training split)' if cfg.eval.bank == 'full_train' else ''}; test: {len(self.test_set)} "
+                     f"images{' (fixed random sample)' if cfg.eval.test_subset else ''}")
+        protocol = {"data": data_text, "knn": self.knn_protocol.describe()}
+        evaluation: dict[str, dict[str, Any]] = {"data": data, "knn": dataclasses.asdict(self.knn_protocol)}
+        if cfg.eval.linear:
             protocol["linear"] = ProbeConfig().describe()
-        return RunInfo(name=self.config.name, method=self.config.model.method, dataset=self.config.data.dataset,
-                       tasks=[t.name for t in self.config.tasks], seed=self.config.train.seed,
-                       epochs=self.config.train.epochs, protocol=protocol)
+            evaluation["linear"] = dataclasses.asdict(ProbeConfig())
+        if self.online_probe is not None:
+            protocol["online_linear"] = self.online_probe.describe()
+            evaluation["online_linear"] = {**self.online_probe.settings(), "reveal_labels": cfg.data.reveal_labels}
+        budget = {
+            "epochs": cfg.train.epochs, "batch_size": cfg.data.batch_size, "steps_per_epoch": self.steps_per_epoch,
+            "train_images": len(self.train_set), "train_subset": cfg.data.train_subset,
+            "image_size": cfg.data.image_size, "backbone": cfg.model.backbone, "recipe": cfg.data.recipe,
+            "precision": self.precision.name, "world_size": self.dist.world_size,
+        }
+        return RunInfo(name=cfg.name, method=cfg.model.method, dataset=cfg.data.dataset,
+                       tasks=[t.name for t in cfg.tasks], seed=cfg.train.seed, epochs=cfg.train.epochs,
+                       protocol=protocol, evaluation=evaluation, budget=budget)
 
     def _tensorboard(self) -> Any:
         if not self.dist.is_main:
@@ -240,8 +269,9 @@ class Trainer:
                 f"Last good checkpoint: {find_last_checkpoint(self.run_dir) or 'none yet'}. Lower optim.lr."
             )
         path = checkpoint_path(self.run_dir, self.step)
-        atomic_save(self.state(), path)
-        prune_checkpoints(self.run_dir)
+        with self.clock.paused():  # checkpointing is not training time (nor is evaluation)
+            atomic_save(self.state(), path)
+            prune_checkpoints(self.run_dir)
         return path
 
     def _resume(self) -> None:
@@ -302,7 +332,9 @@ class Trainer:
         if self.online_probe is not None and self.tap is not None:
             features = self.tap.take()
             if features is not None and batch.label is not None:
-                out.update({k: torch.tensor(v) for k, v in self.online_probe.update(features[: batch.size], batch.label).items()})
+                probe = self.online_probe.update(features[: batch.size], batch.label)
+                out.update({k: torch.tensor(v) for k, v in probe.items()})
+                out[PROBE_LABELLED] = torch.tensor(probe.get(PROBE_LABELLED, 0))
         out["lr"] = torch.tensor(lr)
         return out
 
@@ -310,10 +342,11 @@ class Trainer:
         """kNN (and, at the end, the linear probe) on the backbone; the training clock is paused meanwhile."""
         with self.clock.paused():
             if self._eval_images is None:  # decoded once per run, not at every evaluation
-                self._eval_images = (self.train_set.to_uint8(), self.test_set.to_uint8())
+                self._eval_images = (self.bank_set.to_uint8(), self.test_set.to_uint8())
             linear = ProbeConfig() if final and self.config.eval.linear else None
-            return evaluate_backbone(self.model.backbone, self.train_set, self.test_set, knn=self.knn_protocol,
-                                     linear=linear, device=self.device, decoded=self._eval_images)
+            return evaluate_backbone(self.model.backbone, self.bank_set, self.test_set, knn=self.knn_protocol,
+                                     linear=linear, device=self.device, image_size=self.eval_image_size,
+                                     decoded=self._eval_images)
 
     def _log(self, kind: str, metrics: dict[str, float]) -> None:
         """Every record's ``epoch`` counts completed epochs: fractional for training logs (``step / steps per
@@ -331,8 +364,7 @@ class Trainer:
         cfg = self.config.train
         progress = self._progress()
         final: dict[str, float] = {}
-        sums: dict[str, float] = {}
-        count = 0
+        window = WindowMeans()
         self.model.train()
         self.clock.start()
         last_log = self.clock.elapsed
@@ -348,20 +380,21 @@ class Trainer:
                     self.step += 1
                     self.batch_in_epoch += 1
                     self.images_seen += batch.size * self.dist.world_size
+                    labelled = float(out.pop(PROBE_LABELLED, 0))
                     for key, value in out.items():
-                        sums[key] = sums.get(key, 0.0) + float(value.detach())
-                    count += 1
+                        window.add(key, float(value.detach()), labelled if key.startswith("online_linear/") else 1.0)
                     if progress is not None:
                         progress.update(1)
                     if self.step % cfg.log_every_steps == 0 or self.batch_in_epoch == self.steps_per_epoch:
                         now = self.clock.elapsed  # evaluation and checkpointing excluded
-                        metrics = {k: v / count for k, v in sums.items()}
+                        metrics = window.means()
                         metrics["images_per_s"] = (self.images_seen - images_at_log) / max(now - last_log, 1e-9)
                         self._log("train", metrics)
                         self._watch_collapse(metrics)
                         if progress is not None:
                             progress.set_postfix(loss=f"{metrics['loss']:.3f}", img_s=f"{metrics['images_per_s']:.0f}")
-                        sums, count, last_log, images_at_log = {}, 0, now, self.images_seen
+                        window.reset()
+                        last_log, images_at_log = now, self.images_seen
                     if cfg.checkpoint_every_steps and self.step % cfg.checkpoint_every_steps == 0:
                         self.save_checkpoint()
                 self.epoch += 1

@@ -74,7 +74,7 @@ class KNNProtocol:
     def describe(self) -> str:
         return (
             f"weighted cosine kNN, k={self.k}, T={self.temperature}, votes exp(sim/T); features: L2-normalised "
-            "pooled backbone features; bank: training split, evaluation transform; accuracy at the last evaluation"
+            "pooled backbone features under the evaluation transform; accuracy at each evaluation"
         )
 
 

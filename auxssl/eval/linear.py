@@ -180,23 +180,44 @@ class OnlineLinearProbe(nn.Module):
     """A linear classifier trained during SSL on *detached* backbone features, with its own optimiser.
 
     It never influences the backbone. `update` takes a batch of features and (revealed) labels — entries with
-    label -1 are ignored — takes one SGD step and returns its loss and accuracy (%) on that batch.
+    label -1 are ignored — takes one SGD step and returns its loss and accuracy (%) on the labelled samples.
+
+    The features are standardised by an affine-free batch norm (as in the offline probe), and the learning rate
+    follows the linear scaling rule per labelled sample: the step minimises the cross-entropy *summed* over the
+    labelled samples divided by 256, i.e. ``lr`` is the rate of a 256-sample batch, whatever the batch and
+    revealed fraction. A fixed rate on a batch mean (the previous design) made the probe diverge on small
+    batches (batch 64, half the labels revealed: loss 2.7 → 8.6).
     """
+
+    reference_batch = 256
 
     def __init__(self, feature_dim: int, num_classes: int, lr: float = 0.1, momentum: float = 0.9) -> None:
         super().__init__()
-        self.head = nn.Linear(feature_dim, num_classes)
+        self.head = nn.Sequential(nn.BatchNorm1d(feature_dim, affine=False), nn.Linear(feature_dim, num_classes))
         self.optimizer = torch.optim.SGD(self.head.parameters(), lr=lr, momentum=momentum)
+
+    def settings(self) -> dict[str, float | str]:
+        group = self.optimizer.param_groups[0]
+        return {"lr": group["lr"], "momentum": group["momentum"], "reference_batch": self.reference_batch,
+                "input": "detached pooled features, affine-free batch norm"}
+
+    def describe(self) -> str:
+        s = self.settings()
+        return (f"online linear probe on detached, batch-standardised features of the training views; SGD lr "
+                f"{s['lr']} per {self.reference_batch} labelled samples, momentum {s['momentum']}, one step per "
+                "training step; loss and top-1 averaged over labelled samples")
 
     def update(self, features: Tensor, labels: Tensor) -> dict[str, float]:
         keep = labels >= 0
-        if not keep.any():
+        n = int(keep.sum())
+        if n < 2:  # batch norm needs two samples
             return {}
         with torch.autocast(features.device.type, enabled=False):
             logits = self.head(features.detach()[keep].float())
-            loss = F.cross_entropy(logits, labels[keep])
+            loss_sum = F.cross_entropy(logits, labels[keep], reduction="sum")
         self.optimizer.zero_grad(set_to_none=True)
-        loss.backward()
+        (loss_sum / self.reference_batch).backward()
         self.optimizer.step()
         accuracy = (logits.argmax(dim=1) == labels[keep]).float().mean().item()
-        return {"online_linear/loss": loss.item(), "online_linear/top1": 100 * accuracy}
+        return {"online_linear/loss": loss_sum.item() / n, "online_linear/top1": 100 * accuracy,
+                "online_linear/labelled": n}

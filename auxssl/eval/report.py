@@ -19,6 +19,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import datetime, timezone
 from pathlib import Path
+from typing import Any
 
 from auxssl.eval.tracker import METRICS, RUN_INFO, RunInfo, read_metrics, read_run_info
 
@@ -61,15 +62,77 @@ def find_run_dirs(paths: Sequence[str | Path]) -> list[Path]:
     return found
 
 
+#: Metric-name prefix of each evaluator named in ``run.json``'s ``evaluation``; ``"data"`` applies to all of them.
+EVALUATOR_PREFIXES = {"knn": "knn/", "linear": "linear/", "mlp": "mlp/", "online_linear": "online_linear/"}
+
+
+def evaluation_settings(info: RunInfo) -> dict[str, Any]:
+    """A run's evaluation settings by evaluator; runs written before they were recorded fall back to their
+    protocol descriptions."""
+    if info.evaluation:
+        return info.evaluation
+    return {key.lower(): {"description": text} for key, text in info.protocol.items()}
+
+
+def _differences(runs: Sequence[Run], key: str) -> str:
+    settings = [evaluation_settings(r.info).get(key, {}) for r in runs]
+    fields = sorted({f for s in settings for f in s})
+    lines = []
+    for f in fields:
+        values = [s.get(f) for s in settings]
+        if any(v != values[0] for v in values):
+            lines.append(f"{key}.{f}: " + ", ".join(f"{r.path.name}={v!r}" for r, v in zip(runs, values)))
+    return "; ".join(lines)
+
+
+def shared_evaluators(runs: Sequence[Run]) -> list[str]:
+    """The evaluators every run has, after checking that the runs can be compared on them.
+
+    Raises ValueError naming each differing setting when the runs' evaluation data (dataset, image size, kNN
+    bank, test set) or the settings of a shared evaluator differ. An evaluator only some runs have (say a final
+    linear probe) is left out of the comparison, not a reason to refuse it.
+    """
+    shared = set.intersection(*(set(evaluation_settings(r.info)) for r in runs))
+    for key in sorted(shared | {"data"}):
+        diff = _differences(runs, key)
+        if diff:
+            raise ValueError(f"runs were evaluated differently and cannot be compared ({diff})")
+    return sorted(shared - {"data"})
+
+
+def check_distinct_seeds(runs: Sequence[Run]) -> None:
+    """Two runs of one variant with the same seed are not two seeds: refuse to average them as such."""
+    seen: dict[tuple, Run] = {}
+    for run in runs:
+        key = (run.info.method, run.info.dataset, tuple(run.info.tasks), run.info.seed)
+        if key in seen:
+            raise ValueError(
+                f"{seen[key].path} and {run.path} are both seed {run.info.seed} of {run.info.variant}: averaging "
+                "them as two seeds would understate the spread; give each run its own train.seed or report them "
+                "separately"
+            )
+        seen[key] = run
+
+
 def load_runs(paths: Sequence[str | Path]) -> list[Run]:
+    """The runs under ``paths``, checked to be comparable (see `shared_evaluators`, `check_distinct_seeds`)."""
     runs = []
     for path in find_run_dirs(paths):
         runs.append(Run(path, read_run_info(path), read_metrics(path, "eval"), read_metrics(path, "train")))
-    protocols = {tuple(sorted(r.info.protocol.items())) for r in runs}
-    if len(protocols) > 1:
-        detail = "; ".join(f"{r.path.name}: {r.info.protocol}" for r in runs)
-        raise ValueError(f"runs were evaluated with different protocols and cannot be compared: {detail}")
+    shared_evaluators(runs)
+    check_distinct_seeds(runs)
     return runs
+
+
+def budget_differences(runs: Sequence[Run]) -> list[str]:
+    """Training-budget settings that differ between runs, one line each (empty when they all agree)."""
+    fields = sorted({f for r in runs for f in r.info.budget})
+    lines = []
+    for f in fields:
+        values = [r.info.budget.get(f) for r in runs]
+        if any(v != values[0] for v in values):
+            lines.append(f"{f}: " + ", ".join(f"{r.path.name}={v!r}" for r, v in zip(runs, values)))
+    return lines
 
 
 def mean_std(values: Sequence[float]) -> tuple[float, float]:
@@ -238,10 +301,12 @@ def _table(header: Sequence[str], rows: Sequence[Sequence[str]]) -> tuple[str, s
 def write_report(paths: Sequence[str | Path], out_dir: str | Path, title: str = "auxssl convergence report") -> Report:
     """Write ``report.md``, ``report.html`` (plots embedded) and the plot PNGs for the given runs."""
     runs = load_runs(paths)
+    evaluators = shared_evaluators(runs)
     variants = group_variants(runs)
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
-    protocol = runs[0].info.protocol
+    protocol = {k: v for k, v in runs[0].info.protocol.items() if k.lower() in {"data", *evaluators}}
+    left_out = sorted({k for r in runs for k in evaluation_settings(r.info)} - {"data", *evaluators})
     md_parts = [f"# {title}\n", f"Generated {datetime.now(timezone.utc):%Y-%m-%d %H:%M UTC} from {len(runs)} runs.\n"]
     html_parts = [f"<h1>{html.escape(title)}</h1>",
                   f"<p class=meta>Generated {datetime.now(timezone.utc):%Y-%m-%d %H:%M UTC} from {len(runs)} runs.</p>"]
@@ -255,10 +320,19 @@ def write_report(paths: Sequence[str | Path], out_dir: str | Path, title: str = 
         "**speed-up**: the baseline's full training (epochs; wall-clock without evaluation) ÷ what the run needed to "
         "first reach the baseline's mean final kNN top-1, per seed, then mean ± std",
     ]
+    if left_out:
+        items.append(f"**not compared**: {', '.join(left_out)} (not measured in every run)")
+    budgets = budget_differences(runs)
+    if budgets:
+        items.append("**training budgets differ**: " + "; ".join(budgets))
+    elif runs[0].info.budget:
+        items.append("**training budget** (every run): " + ", ".join(f"{k} {v}" for k, v in runs[0].info.budget.items()))
     section("Protocol", "".join(f"- {i}\n" for i in items),
             "<ul>" + "".join(f"<li>{html.escape(i).replace('**', '')}</li>" for i in items) + "</ul>")
 
-    metrics = [m for m in ("knn/top1", "knn/top5", "linear/top1", "mlp/top1") if any(v.final(m)[2] for v in variants)]
+    prefixes = tuple(EVALUATOR_PREFIXES[e] for e in evaluators if e in EVALUATOR_PREFIXES)
+    metrics = [m for m in ("knn/top1", "knn/top5", "linear/top1", "mlp/top1")
+               if m.startswith(prefixes) and any(v.final(m)[2] for v in variants)]
     rows = []
     for v in variants:
         epochs = v.final_field(PRIMARY, "epoch")

@@ -24,7 +24,16 @@ METRICS = "metrics.jsonl"
 
 @dataclass
 class RunInfo:
-    """What a report needs to know about a run: its identity and the evaluation protocol it used."""
+    """What a report needs to know about a run: its identity, how it was evaluated and its training budget.
+
+    Attributes:
+        protocol: a readable description of each evaluator, by evaluator name (``knn``, ``linear``, …).
+        evaluation: every setting that changes an evaluation's numbers: ``"data"`` (dataset, evaluation image
+            size, kNN bank and its size, test subset and its size) and one entry per evaluator (its
+            hyper-parameters), by the same names as ``protocol``. Two runs' numbers are comparable only where
+            these agree.
+        budget: the training budget (epochs, batch size, training images, image size, backbone, …).
+    """
 
     name: str
     method: str
@@ -33,6 +42,8 @@ class RunInfo:
     seed: int = 0
     epochs: int = 0
     protocol: dict[str, str] = field(default_factory=dict)
+    evaluation: dict[str, dict[str, Any]] = field(default_factory=dict)
+    budget: dict[str, Any] = field(default_factory=dict)
 
     @property
     def variant(self) -> str:
@@ -101,6 +112,31 @@ def read_metrics(run_dir: str | Path, kind: str | None = None) -> list[dict]:
         if kind is None or record.get("kind") == kind:
             records.append(record)
     return records
+
+
+class WindowMeans:
+    """Means of per-step metrics over one logging window.
+
+    Each value may carry a weight: the online probe's metrics are weighted by the number of labelled samples of
+    their step, so they are means over labelled samples and steps without labels do not count.
+    """
+
+    def __init__(self) -> None:
+        self._sums: dict[str, float] = {}
+        self._weights: dict[str, float] = {}
+
+    def add(self, name: str, value: float, weight: float = 1.0) -> None:
+        if weight <= 0:
+            return
+        self._sums[name] = self._sums.get(name, 0.0) + weight * value
+        self._weights[name] = self._weights.get(name, 0.0) + weight
+
+    def means(self) -> dict[str, float]:
+        return {name: total / self._weights[name] for name, total in self._sums.items()}
+
+    def reset(self) -> None:
+        self._sums.clear()
+        self._weights.clear()
 
 
 class TrainClock:

@@ -11,6 +11,7 @@ import sys
 import time
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 from torch import nn
@@ -18,6 +19,8 @@ from torchvision import models
 
 from auxssl.cli import main
 from auxssl.config import load_config, save_config
+from auxssl.data.datasets import ArrayDataset
+from auxssl.engine.build import RunDatasets
 from auxssl.engine.checkpoint import find_last_checkpoint, load_checkpoint
 from auxssl.engine.trainer import NonFiniteLossError, Trainer, enable_activation_checkpointing, train
 from auxssl.eval.tracker import read_metrics
@@ -210,3 +213,82 @@ def test_tau_schedule_runs_to_the_methods_final_tau(tmp_path: Path) -> None:
     total = len(schedule)
     expected = [0.999 - 0.009 * (math.cos(math.pi * k / total) + 1) / 2 for k in range(total)]
     assert schedule.tolist() == pytest.approx(expected)
+
+
+def patterns(n: int, size: int = 16, seed: int = 0) -> ArrayDataset:
+    """Four trivially separable classes: horizontal stripes, vertical stripes, checkerboard, flat grey."""
+    g = np.random.default_rng(seed)
+    i, j = np.meshgrid(np.arange(size), np.arange(size), indexing="ij")
+    masks = [(i // 2) % 2, (j // 2) % 2, ((i // 2) + (j // 2)) % 2, np.full((size, size), 0.5)]
+    labels = np.arange(n) % 4
+    images = np.stack([masks[c] * 200 + 28 + g.normal(0, 8, (size, size)) for c in labels]).clip(0, 255)
+    images = np.repeat(images[..., None], 3, axis=-1).astype(np.uint8)
+    return ArrayDataset(images, labels, ["h", "v", "checker", "flat"], name=f"patterns{seed}")
+
+
+def test_online_probe_learns_a_separable_problem_through_the_trainer(tmp_path: Path) -> None:
+    """Batch 32 with half the labels revealed: the probe's loss falls and its top-1 (over labelled samples)
+    ends near 100%; it diverged before (loss 2.7 → 8.6 at batch 64)."""
+    config = load_config(None, tiny(tmp_path, "probe", "data.batch_size=32", "data.train_subset=null",
+                                    "data.recipe=ffcv_gaussian_noise", "data.reveal_labels=0.5",
+                                    "eval.online_linear=true", "train.epochs=4", "eval.every_epochs=4"))
+    train_set = patterns(256)
+    final = Trainer(config, datasets=RunDatasets(train_set, train_set, patterns(64, seed=1))).fit()
+    logs = [r for r in read_metrics(config.run_dir, "train") if "online_linear/loss" in r]
+    assert logs[-1]["online_linear/loss"] < 0.5 * logs[0]["online_linear/loss"], logs
+    assert logs[-1]["online_linear/top1"] >= 95.0 and final["knn/top1"] >= 95.0
+
+
+def test_online_probe_metrics_are_means_over_labelled_samples(tmp_path: Path) -> None:
+    """Steps without labels must not dilute the probe's metrics (18.75 was logged for 30.0 before)."""
+    config = load_config(None, tiny(tmp_path, "avg", "eval.online_linear=true", "data.reveal_labels=1.0",
+                                    "train.epochs=1", "train.log_every_steps=4"))
+    trainer = Trainer(config)
+    calls = iter(range(100))
+    results = [{}, {"online_linear/top1": 30.0, "online_linear/loss": 1.0, "online_linear/labelled": 3},
+               {}, {"online_linear/top1": 60.0, "online_linear/loss": 2.0, "online_linear/labelled": 1}]
+    trainer.online_probe.update = lambda features, labels: results[next(calls) % 4]
+    trainer.fit()
+    logged = read_metrics(config.run_dir, "train")[0]
+    assert logged["online_linear/top1"] == pytest.approx((3 * 30.0 + 60.0) / 4)
+    assert logged["online_linear/loss"] == pytest.approx((3 * 1.0 + 2.0) / 4)
+    assert "online_linear/labelled" not in logged
+
+
+def test_evaluation_runs_at_the_training_resolution_and_is_recorded(tmp_path: Path) -> None:
+    """Digits are stored at 32 px; a run trained at 16 px must be scored at 16 px (it was scored at 32 px)."""
+    from auxssl.eval.offline import evaluate_backbone
+
+    config = load_config(None, tiny(tmp_path, "res"))
+    trainer = Trainer(config)
+    got = trainer.evaluate()
+    at = {size: evaluate_backbone(trainer.model.backbone, trainer.bank_set, trainer.test_set, image_size=size)
+          for size in (16, 32)}
+    assert got == at[16] and got != at[32]
+    data = json.loads((config.run_dir / "run.json").read_text())["evaluation"]["data"]
+    assert data["image_size"] == 16 and data["bank_size"] == 64 and data["test_size"] == 40
+    wider = Trainer(load_config(None, tiny(tmp_path, "res32", "eval.image_size=32", "eval.bank=full_train")))
+    assert wider.evaluate() != got and wider.run_info().evaluation["data"]["bank_size"] == len(wider.bank_set) > 64
+    budget = wider.run_info().budget
+    assert budget["epochs"] == 2 and budget["batch_size"] == 16 and budget["train_images"] == 64
+
+
+def test_checkpoint_writing_is_not_training_time(tmp_path: Path, monkeypatch) -> None:
+    """A deliberately slow checkpoint writer must not show in train_time_s (it added 40% before)."""
+    import auxssl.engine.trainer as trainer_module
+
+    real_save = trainer_module.atomic_save
+
+    def slow_save(state, path):  # noqa: ANN001
+        time.sleep(0.5)
+        real_save(state, path)
+
+    monkeypatch.setattr(trainer_module, "atomic_save", slow_save)
+    config = load_config(None, tiny(tmp_path, "slow", "train.checkpoint_every_steps=1", "train.epochs=1",
+                                    "eval.every_epochs=5"))
+    started = time.perf_counter()
+    train(config)
+    wall = time.perf_counter() - started
+    saves = 5  # 4 steps, plus the epoch end
+    recorded = read_metrics(config.run_dir, "eval")[-1]["train_time_s"]
+    assert recorded < wall - 0.9 * 0.5 * saves, (recorded, wall)

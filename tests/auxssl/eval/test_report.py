@@ -13,10 +13,16 @@ from auxssl.eval import MetricsLog, RunInfo, TrainClock, read_metrics, write_rep
 PROTOCOL = {"kNN": "weighted cosine kNN, k=200, T=0.1"}
 
 
-def make_run(root: Path, name: str, tasks: list[str], seed: int, acc, seconds_per_epoch: float, protocol=PROTOCOL) -> Path:
+EVALUATION = {"data": {"dataset": "cifar10", "image_size": 32, "bank_size": 50000, "test_size": 10000},
+              "knn": {"k": 200, "temperature": 0.1}}
+
+
+def make_run(root: Path, name: str, tasks: list[str], seed: int, acc, seconds_per_epoch: float, protocol=PROTOCOL,
+             evaluation=None, linear: float | None = None) -> Path:
     run = root / name
+    evaluation = EVALUATION if evaluation is None else evaluation
     write_run_info(run, RunInfo(name=name, method="byol", dataset="cifar10", tasks=tasks, seed=seed, epochs=100,
-                                protocol=protocol))
+                                protocol=protocol, evaluation=evaluation, budget={"epochs": 100, "batch_size": 256}))
     log = MetricsLog(run)
     for epoch in range(10, 101, 10):
         time_s = epoch * seconds_per_epoch
@@ -24,7 +30,7 @@ def make_run(root: Path, name: str, tasks: list[str], seed: int, acc, seconds_pe
                    loss=5 - epoch / 50, **{"loss/base": 4 - epoch / 50},
                    **({"loss/rotation": 1.0 - epoch / 200, "acc/rotation": epoch / 110} if tasks else {}))
         log.append("eval", epoch=epoch, step=epoch * 10, images_seen=epoch * 2560, train_time_s=time_s,
-                   **{"knn/top1": acc(epoch), "knn/top5": 99.0})
+                   **{"knn/top1": acc(epoch), "knn/top5": 99.0}, **({"linear/top1": linear} if linear else {}))
     return run
 
 
@@ -62,9 +68,32 @@ def test_report_marks_seeds_that_never_reach_the_baseline(tmp_path: Path) -> Non
 
 
 def test_report_refuses_to_mix_protocols(runs: Path, tmp_path: Path) -> None:
-    make_run(runs, "other", [], 2, lambda e: e * 0.8, 10.0, protocol={"kNN": "k=20, T=0.07"})
-    with pytest.raises(ValueError, match="different protocols"):
+    other = {**EVALUATION, "knn": {"k": 20, "temperature": 0.07}}
+    make_run(runs, "other", [], 2, lambda e: e * 0.8, 10.0, evaluation=other)
+    with pytest.raises(ValueError, match=r"evaluated differently.*knn\.k: .*other=20"):
         write_report([runs], tmp_path / "report")
+
+
+@pytest.mark.parametrize("field, value", [("image_size", 16), ("bank_size", 2000), ("test_size", 500)])
+def test_report_refuses_runs_evaluated_on_different_data(runs: Path, tmp_path: Path, field: str, value: int) -> None:
+    make_run(runs, "other", [], 2, lambda e: e * 0.8, 10.0,
+             evaluation={**EVALUATION, "data": {**EVALUATION["data"], field: value}})
+    with pytest.raises(ValueError, match=rf"data\.{field}: .*other={value}"):
+        write_report([runs], tmp_path / "report")
+
+
+def test_report_refuses_two_runs_of_one_seed(runs: Path, tmp_path: Path) -> None:
+    make_run(runs, "byol-s0-again", [], 0, lambda e: 41 + 0.4 * e, 10.0)
+    with pytest.raises(ValueError, match="both seed 0 of byol"):
+        write_report([runs], tmp_path / "report")
+
+
+def test_report_compares_runs_on_the_evaluators_they_share(runs: Path, tmp_path: Path) -> None:
+    with_linear = {**EVALUATION, "linear": {"epochs": 100, "lr": 0.1}}
+    make_run(runs, "byol-s2", [], 2, lambda e: 41 + 0.4 * e, 10.0, evaluation=with_linear, linear=85.0)
+    md = write_report([runs], tmp_path / "report").markdown.read_text()
+    assert "not compared**: linear" in md and "linear/top1" not in md
+    assert "knn/top1" in md and "training budget** (every run): epochs 100, batch_size 256" in md
 
 
 def test_report_needs_run_directories(tmp_path: Path) -> None:
