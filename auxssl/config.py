@@ -39,6 +39,7 @@ class DataConfig:
 class ModelConfig:
     backbone: str = "resnet18"
     cifar_stem: bool = True
+    width: int = 64  # ResNets: channels of the first stage (standard: 64); 32 or 16 for cheap CPU runs
     method: str = "byol"  # see baselines.METHODS
     method_args: dict[str, Any] = field(default_factory=dict)  # keyword arguments of the method class
 

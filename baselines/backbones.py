@@ -39,7 +39,31 @@ _REGNETS: dict[str, Callable[..., models.RegNet]] = {
 BACKBONES: tuple[str, ...] = tuple(_RESNETS) + tuple(_REGNETS)
 
 
-def build_backbone(name: str, cifar_stem: bool = False, zero_init_residual: bool = False) -> nn.Module:
+def _set_resnet_width(net: models.ResNet, width: int, zero_init_residual: bool) -> None:
+    """Rebuild a torchvision ResNet with stage widths ``width·(1, 2, 4, 8)`` instead of 64·(1, 2, 4, 8): same
+    module and parameter names, narrower (or wider) tensors, torchvision's initialisation."""
+    block = type(net.layer1[0])
+    depths = [len(getattr(net, f"layer{i}")) for i in range(1, 5)]
+    net.inplanes = width
+    net.conv1 = nn.Conv2d(3, width, kernel_size=7, stride=2, padding=3, bias=False)
+    net.bn1 = nn.BatchNorm2d(width)
+    for i, depth in enumerate(depths):
+        setattr(net, f"layer{i + 1}", net._make_layer(block, width * 2**i, depth, stride=1 if i == 0 else 2))
+    net.fc = nn.Linear(width * 8 * block.expansion, net.fc.out_features)
+    for m in net.modules():
+        if isinstance(m, nn.Conv2d):
+            nn.init.kaiming_normal_(m.weight, mode="fan_out", nonlinearity="relu")
+        elif isinstance(m, nn.BatchNorm2d):
+            nn.init.ones_(m.weight)
+            nn.init.zeros_(m.bias)
+    if zero_init_residual:
+        for m in net.modules():
+            last_bn = getattr(m, "bn3", None) if isinstance(m, models.resnet.Bottleneck) else getattr(m, "bn2", None)
+            if isinstance(m, (models.resnet.Bottleneck, models.resnet.BasicBlock)) and last_bn is not None:
+                nn.init.zeros_(last_bn.weight)
+
+
+def build_backbone(name: str, cifar_stem: bool = False, zero_init_residual: bool = False, width: int = 64) -> nn.Module:
     """Build a randomly initialised backbone by name.
 
     Args:
@@ -47,15 +71,23 @@ def build_backbone(name: str, cifar_stem: bool = False, zero_init_residual: bool
         cifar_stem: replace the ResNet stem by a 3×3 stride-1 convolution without max-pool, the usual
             CIFAR variant (He et al. 2016; SimCLR appendix B.9). Only defined for ResNets.
         zero_init_residual: zero-initialise the last BN of each residual block (Goyal et al. 2017).
+        width: ResNets only: channels of the first stage (64 in the standard ResNets; each stage doubles it).
+            Narrower ResNets (32, 16) make CPU studies and quick runs cheap (FLOPs scale with width²).
     """
     if name in _RESNETS:
         kwargs = {} if name == "resnet10" else {"weights": None}
         net: nn.Module = _RESNETS[name](zero_init_residual=zero_init_residual, **kwargs)
+        if width != 64:
+            if width < 1:
+                raise ValueError(f"width must be positive, got {width}")
+            _set_resnet_width(net, width, zero_init_residual)
         if cifar_stem:
-            net.conv1 = nn.Conv2d(3, 64, kernel_size=3, stride=1, padding=1, bias=False)
+            net.conv1 = nn.Conv2d(3, width, kernel_size=3, stride=1, padding=1, bias=False)
             nn.init.kaiming_normal_(net.conv1.weight, mode="fan_out", nonlinearity="relu")
             net.maxpool = nn.Identity()
     elif name in _REGNETS:
+        if width != 64:
+            raise ValueError(f"width is only defined for ResNets, not {name!r}")
         if cifar_stem:
             raise ValueError(f"cifar_stem is only defined for ResNets, not {name!r}")
         net = _REGNETS[name](weights=None)

@@ -51,7 +51,7 @@ def build_datasets(config: RunConfig) -> RunDatasets:
 
 def build_model(config: RunConfig) -> nn.Module:
     """The base method on its backbone, wrapped with the configured auxiliary tasks (if any)."""
-    backbone = build_backbone(config.model.backbone, cifar_stem=config.model.cifar_stem)
+    backbone = build_backbone(config.model.backbone, cifar_stem=config.model.cifar_stem, width=config.model.width)
     try:
         method = METHODS[config.model.method](backbone, **config.model.method_args)
     except TypeError as err:

@@ -44,3 +44,16 @@ def test_unknown_backbone_names_choices() -> None:
         build_backbone("resnet17")
     with pytest.raises(ValueError, match="only defined for ResNets"):
         build_backbone("regnet_y_400mf", cifar_stem=True)
+
+
+def test_resnet_width_scales_every_stage_and_keeps_parameter_names() -> None:
+    standard = build_backbone("resnet18", cifar_stem=True)
+    narrow = build_backbone("resnet18", cifar_stem=True, width=16)
+    assert list(dict(standard.named_parameters())) == list(dict(narrow.named_parameters()))
+    assert narrow.feature_dim == 128 and narrow(torch.rand(2, 3, 32, 32)).shape == (2, 128)
+    assert [narrow.conv1.out_channels, narrow.layer2[0].conv1.out_channels, narrow.layer4[1].conv2.out_channels] == [16, 32, 128]
+    ratio = sum(p.numel() for p in standard.parameters()) / sum(p.numel() for p in narrow.parameters())
+    assert 15 < ratio < 17  # parameters scale with width²
+    assert build_backbone("resnet50", width=32).feature_dim == 1024
+    with pytest.raises(ValueError, match="only defined for ResNets"):
+        build_backbone("regnet_y_400mf", width=32)
