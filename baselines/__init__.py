@@ -10,6 +10,7 @@ from baselines.base import JointEmbeddingMethod, split_weight_decay
 from baselines.byol import BYOL
 from baselines.ema import cosine_tau, ema_update_
 from baselines.moco import MoCoV2
+from baselines.no_base import NoBaseLoss
 from baselines.protocol import Batch, SSLMethod, as_batch
 from baselines.simclr import SimCLR
 from baselines.simsiam import SimSiam
@@ -24,6 +25,7 @@ METHODS: dict[str, type[JointEmbeddingMethod]] = {
     "swav": SwAV,
     "barlow_twins": BarlowTwins,
     "vicreg": VICReg,
+    "none": NoBaseLoss,  # no base loss: with tasks, the pretext tasks alone (a control)
 }
 
 __all__ = [
@@ -34,6 +36,7 @@ __all__ = [
     "Batch",
     "JointEmbeddingMethod",
     "MoCoV2",
+    "NoBaseLoss",
     "SSLMethod",
     "SimCLR",
     "SimSiam",

@@ -22,7 +22,7 @@ from torch import Tensor, nn
 from torch.nn.modules.batchnorm import _BatchNorm
 from torch.utils.checkpoint import checkpoint
 
-from auxssl.config import RunConfig, save_config, to_dict
+from auxssl.config import RunConfig, TaskConfig, save_config, to_dict
 from auxssl.engine.build import RunDatasets, build_datasets, build_model, build_train_loader, process_seed
 from auxssl.engine.checkpoint import (
     atomic_save,
@@ -48,6 +48,15 @@ logger = logging.getLogger("auxssl")
 
 #: The key under which a step reports how many labelled samples its online-probe metrics are averaged over.
 PROBE_LABELLED = "online_linear/labelled"
+
+
+def task_label(task: TaskConfig) -> str:
+    """A task's name in reports: ``rotation`` with its defaults, else its settings, e.g. ``rotation(size=16)``,
+    so that runs of differently configured tasks are never grouped as seeds of one variant."""
+    settings = dict(task.args)
+    if task.weight != TaskConfig().weight:
+        settings["weight"] = task.weight
+    return task.name + ("(" + ", ".join(f"{k}={v}" for k, v in sorted(settings.items())) + ")" if settings else "")
 
 
 class NonFiniteLossError(RuntimeError):
@@ -234,7 +243,7 @@ class Trainer:
             "precision": self.precision.name, "world_size": self.dist.world_size,
         }
         return RunInfo(name=cfg.name, method=cfg.model.method, dataset=cfg.data.dataset,
-                       tasks=[t.name for t in cfg.tasks], seed=cfg.train.seed, epochs=cfg.train.epochs,
+                       tasks=[task_label(t) for t in cfg.tasks], seed=cfg.train.seed, epochs=cfg.train.epochs,
                        protocol=protocol, evaluation=evaluation, budget=budget)
 
     def _tensorboard(self) -> Any:

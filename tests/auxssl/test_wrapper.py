@@ -177,3 +177,18 @@ def test_wrapped_simclr_learns_rotation(tiny_backbone, two_views) -> None:
         first = first if first is not None else (out["loss/base"].item(), out["loss/rotation"].item())
         last = (out["loss/base"].item(), out["loss/rotation"].item())
     assert last[0] < first[0] and last[1] < first[1], (first, last)
+
+
+def test_rotation_alone_through_the_null_base_method(tiny_backbone, two_views) -> None:
+    """The paper's table-4 control: no base loss, the backbone only sees the rotated copies."""
+    from baselines import METHODS, NoBaseLoss
+
+    assert METHODS["none"] is NoBaseLoss
+    model = AuxWrapper(NoBaseLoss(tiny_backbone), [RotationPrediction(weight=1.0)])
+    calls: list[int] = []
+    model.backbone.register_forward_pre_hook(lambda m, args: calls.append(len(args[0])))
+    out = model(Batch(two_views))
+    assert calls == [16, 16] and out["loss/base"].item() == 0.0
+    assert torch.equal(out["loss"], out["loss/rotation"])
+    out["loss"].backward()
+    assert tiny_backbone.net[0].weight.grad is not None
