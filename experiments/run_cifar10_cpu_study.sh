@@ -9,7 +9,7 @@
 #   byol_rotation       BYOL + rotation prediction (defaults: lambda 0.1, full resolution)
 #   byol_rotation16     BYOL + rotation prediction on 16 px copies of the views (the cheap variant)
 #   rotation_only       rotation prediction alone (no base loss; lambda 1)
-#   simclr              SimCLR (LARS lr 0.4, as its CIFAR config)
+#   simclr              SimCLR
 #   simclr_rotation     SimCLR + rotation prediction
 # Knobs: ARMS, SEEDS (default "0 1" for the BYOL pair, "0" for the others), OUT (runs), RESULTS, EXTRA (--set ...).
 # Interrupted runs resume from their last checkpoint; finished runs are not retrained.
@@ -27,8 +27,8 @@ arm_sets() {  # one override per line
     byol_rotation) printf '%s\n' "model.method=byol" "tasks=[{name: rotation}]" ;;
     byol_rotation16) printf '%s\n' "model.method=byol" "tasks=[{name: rotation, args: {size: 16}}]" ;;
     rotation_only) printf '%s\n' "model.method=none" "tasks=[{name: rotation, weight: 1.0}]" ;;
-    simclr) printf '%s\n' "model.method=simclr" "optim.lr=0.4" "tasks=[]" ;;
-    simclr_rotation) printf '%s\n' "model.method=simclr" "optim.lr=0.4" "tasks=[{name: rotation}]" ;;
+    simclr) printf '%s\n' "model.method=simclr" "tasks=[]" ;;
+    simclr_rotation) printf '%s\n' "model.method=simclr" "tasks=[{name: rotation}]" ;;
     *) echo "unknown arm $1" >&2; exit 2 ;;
   esac
 }
@@ -58,4 +58,4 @@ for run in "$OUT"/*/; do
   cp "$run/run.json" "$run/config.yaml" "$run/metrics.jsonl" "$RESULTS/runs/$name/"
 done
 python -m auxssl report "$RESULTS/runs" --out "$RESULTS/report" \
-  --title "auxssl CPU study: CIFAR-10, ResNet-18 (width 16), 10k training images, 12 epochs"
+  --title "auxssl CPU study: CIFAR-10, ResNet-18 (width 16), 10k training images, 10 epochs"
