@@ -342,6 +342,19 @@ def write_report(paths: Sequence[str | Path], out_dir: str | Path, title: str = 
     md, tab = _table(["variant", "dataset", "seeds", "epochs", *metrics], rows)
     section("Final accuracy (%)", md, tab)
 
+    epochs = sorted({rec["epoch"] for r in runs for rec in r.evals if rec.get(PRIMARY) is not None})
+    if 1 < len(epochs) <= 25:
+        rows = []
+        for v in variants:
+            row = [v.name]
+            for epoch in epochs:
+                values = [rec[PRIMARY] for r in v.runs for rec in r.evals
+                          if rec["epoch"] == epoch and rec.get(PRIMARY) is not None]
+                row.append(fmt(*mean_std(values), len(values), 1) if len(values) == len(v.runs) else "—")
+            rows.append(row)
+        md, tab = _table(["variant", *(f"ep {e:g}" for e in epochs)], rows)
+        section("kNN top-1 (%) at every evaluated epoch (mean ± std over seeds)", md, tab)
+
     ups = speedups(variants)
     if ups:
         rows = []

@@ -54,6 +54,8 @@ def test_report_contains_hand_computed_numbers(runs: Path, tmp_path: Path) -> No
     # wall-clock: 70·12 = 840 s and 60·12 = 720 s → 780 ± 85 s; 1000/840 = 1.1905, 1000/720 = 1.3889 → 1.29 ± 0.14
     assert "780 ± 85 s" in md and "1.29 ± 0.14×" in md
     assert "2/2" in md and "95.00" in md and "k=200, T=0.1" in md
+    # kNN by epoch: baseline at epoch 10 is mean(44, 46) = 45.0 ± 1.4; the rotation runs mean(55, 60) = 57.5 ± 3.5
+    assert "| ep 10 |" in md and "| byol | 45.0 ± 1.4 |" in md and "| byol+rotation | 57.5 ± 3.5 |" in md
     html = report.html.read_text()
     assert html.count("data:image/png;base64,") == len(report.plots) == 4
     assert "1.55 ± 0.17×" in html and "<table>" in html
