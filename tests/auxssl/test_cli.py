@@ -46,3 +46,17 @@ def test_report_command_writes_html(tmp_path: Path, capsys) -> None:
     assert "report.html" in capsys.readouterr().out
     md = (tmp_path / "report" / "report.md").read_text()
     assert "simclr+rotation" in md and "2.00×" in md  # baseline's 70.0 reached at epoch 1 of 2
+
+
+def test_eval_saves_the_semisupervised_subset_and_evaluates_at_the_given_size(tmp_path: Path) -> None:
+    torch.manual_seed(0)
+    weights = tmp_path / "backbone.pt"
+    torch.save(build_backbone("resnet10", cifar_stem=True).state_dict(), weights)
+    out = tmp_path / "eval.json"
+    assert main(["eval", str(weights), "--backbone", "resnet10", "--dataset", "digits", "--image-size", "16",
+                 "--semisup", "0.1", "--out", str(out)]) == 0
+    results = json.loads(out.read_text())
+    subset = results["semisup"]["10pct"]["subset_indices"]
+    assert len(subset) == 140 and len(set(subset)) == 140
+    assert results["semisup"]["10pct"]["config"]["epochs"] == 30 and results["config"]["image_size"] == 16
+    assert "16 px" in results["protocol"]["data"] and 0.0 <= results["semisup_10pct/top1"] <= 100.0
