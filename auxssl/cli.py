@@ -33,19 +33,19 @@ def _eval(args: argparse.Namespace) -> int:
     knn = KNNProtocol(args.k, args.temperature)
     linear = ProbeConfig(epochs=args.probe_epochs) if args.linear else None
     mlp = ProbeConfig(epochs=args.probe_epochs, hidden_dim=args.mlp_hidden) if args.mlp else None
+    size = args.image_size or _stored_size(train)
     results: dict = evaluate_backbone(backbone, train, test, knn=knn, linear=linear, mlp=mlp, device=args.device,
-                                      image_size=args.image_size)
+                                      image_size=size)
+    results["protocol"] = {"data": f"features at {size} px; bank: {len(train)} training images; test: {len(test)} images",
+                           "knn": knn.describe(), **({"linear": linear.describe()} if linear else {}),
+                           **({"mlp": mlp.describe()} if mlp else {})}
     semisup = {}
     for fraction in args.semisup:
         out = finetune_semisupervised(backbone, train, test, SemiSupervisedConfig(fraction=fraction), args.device,
-                                      image_size=args.image_size or _stored_size(train))
+                                      image_size=size)
         results.update({k: v for k, v in out.items() if "/" in k})
+        results["protocol"]["semisup"] = out["protocol"]
         semisup[f"{100 * fraction:g}pct"] = {"config": out["config"], "subset_indices": out["subset_indices"]}
-    size = args.image_size or _stored_size(train)
-    results["protocol"] = {"data": f"features at {size} px; bank: {len(train)} training images; test: {len(test)} images",
-                           "knn": knn.describe(), **({"linear": linear.describe()} if linear else {}),
-                           **({"mlp": mlp.describe()} if mlp else {}),
-                           **({"semisup": out["protocol"]} if args.semisup else {})}
     results["checkpoint"] = str(args.checkpoint)
     results["config"] = {"backbone": args.backbone, "cifar_stem": args.cifar_stem, "dataset": args.dataset,
                          "image_size": size, "knn": asdict(knn)}

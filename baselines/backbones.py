@@ -58,9 +58,10 @@ def _set_resnet_width(net: models.ResNet, width: int, zero_init_residual: bool) 
             nn.init.zeros_(m.bias)
     if zero_init_residual:
         for m in net.modules():
-            last_bn = getattr(m, "bn3", None) if isinstance(m, models.resnet.Bottleneck) else getattr(m, "bn2", None)
-            if isinstance(m, (models.resnet.Bottleneck, models.resnet.BasicBlock)) and last_bn is not None:
-                nn.init.zeros_(last_bn.weight)
+            if isinstance(m, models.resnet.Bottleneck):
+                nn.init.zeros_(m.bn3.weight)
+            elif isinstance(m, models.resnet.BasicBlock):
+                nn.init.zeros_(m.bn2.weight)
 
 
 def build_backbone(name: str, cifar_stem: bool = False, zero_init_residual: bool = False, width: int = 64) -> nn.Module:

@@ -55,7 +55,7 @@ class MoCoV2(JointEmbeddingMethod):
     def forward(self, batch: Batch | Sequence[Tensor]) -> dict[str, Tensor]:
         batch = as_batch(batch)
         views = self.check_views(batch)
-        q1, q2 = (F.normalize(q, dim=1) for q in encode_views([self.backbone, self.projector], views))
+        q1, q2 = encode_views([self.backbone, self.projector], views)  # moco_loss normalises the queries
         with torch.no_grad():
             k1, k2 = (F.normalize(k, dim=1) for k in encode_views([self.target_backbone, self.target_projector], views))
         negatives = [queue.items.clone() for queue in self.queues]

@@ -19,7 +19,11 @@ from baselines import METHODS, build_backbone
 TASKS = {"rotation": RotationPrediction, "jigsaw": JigsawPrediction}
 
 
-def random_subset(dataset: ImageDataset, size: int | None, seed: int = 0) -> ImageDataset:
+#: Seed of the fixed random subsets (``data.train_subset``, ``eval.test_subset``): the same for every run.
+SUBSET_SEED = 0
+
+
+def random_subset(dataset: ImageDataset, size: int | None, seed: int = SUBSET_SEED) -> ImageDataset:
     """A fixed random sample of ``size`` images (seeded, independent of the run's seed so every run of a
     comparison sees the same images); the dataset itself when ``size`` is None or not smaller.
 

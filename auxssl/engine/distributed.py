@@ -83,7 +83,7 @@ class AllReduceBatchNorm(_BatchNorm):
 def wrap_ddp(model: nn.Module, device: torch.device) -> nn.parallel.DistributedDataParallel:
     """DDP without buffer broadcasting.
 
-    DDP's default (``broadcast_buffers=False``) copies rank 0's buffers to every rank at each forward, which
+    DDP's default (``broadcast_buffers=True``) copies rank 0's buffers to every rank at each forward, which
     would overwrite per-rank state: SwAV keeps one queue of *local* embeddings per process (as in the SwAV and
     EffSSL code). Nothing else needs the broadcast: batch norms are synchronised (`convert_batchnorm`), so
     their running statistics agree on every rank, and MoCo enqueues the keys gathered from all ranks.

@@ -23,7 +23,7 @@ from torch.nn.modules.batchnorm import _BatchNorm
 from torch.utils.checkpoint import checkpoint
 
 from auxssl.config import RunConfig, TaskConfig, save_config, to_dict
-from auxssl.engine.build import RunDatasets, build_datasets, build_model, build_train_loader, process_seed
+from auxssl.engine.build import SUBSET_SEED, RunDatasets, build_datasets, build_model, build_train_loader, process_seed
 from auxssl.engine.checkpoint import (
     atomic_save,
     checkpoint_path,
@@ -223,7 +223,7 @@ class Trainer:
         data = {
             "dataset": cfg.data.dataset, "root": cfg.data.root, "image_size": self.eval_image_size,
             "bank": cfg.eval.bank, "bank_size": len(self.bank_set), "test_subset": cfg.eval.test_subset,
-            "test_size": len(self.test_set), "subset_seed": 0,
+            "test_size": len(self.test_set), "subset_seed": SUBSET_SEED,
         }
         data_text = (f"features at {self.eval_image_size} px; bank: {len(self.bank_set)} training images"
                      f"{' (full training split)' if cfg.eval.bank == 'full_train' else ''}; test: {len(self.test_set)} "
@@ -342,8 +342,7 @@ class Trainer:
             features = self.tap.take()
             if features is not None and batch.label is not None:
                 probe = self.online_probe.update(features[: batch.size], batch.label)
-                out.update({k: torch.tensor(v) for k, v in probe.items()})
-                out[PROBE_LABELLED] = torch.tensor(probe.get(PROBE_LABELLED, 0))
+                out.update({k: torch.tensor(v) for k, v in probe.items()})  # incl. PROBE_LABELLED
         out["lr"] = torch.tensor(lr)
         return out
 

@@ -72,16 +72,17 @@ def finetune_semisupervised(
     row_labels = np.asarray(train.labels)[rows]
     picked = balanced_subset(row_labels, config.fraction, config.seed)  # positions into rows
     subset_indices = rows[picked]
+    subset_images = images[torch.from_numpy(picked)]
     batch_size = min(config.batch_size, len(picked))
     loader = TensorLoader(
         train, get_recipe("linear_eval", image_size), batch_size, labels=train.labels,
-        device=device, seed=config.seed, drop_last=False, images=images[torch.from_numpy(picked)], rows=subset_indices,
+        device=device, seed=config.seed, drop_last=False, images=subset_images, rows=subset_indices,
     )
     num_classes = int(row_labels.max()) + 1
     model = copy.deepcopy(backbone).to(device)
     test_x, test_y = extract_features(model, test, device=device, image_size=image_size)
     subset_x, subset_y = extract_features(model, train, device=device, image_size=image_size,
-                                          images=images[torch.from_numpy(picked)], rows=subset_indices)
+                                          images=subset_images, rows=subset_indices)
     probe, _ = fit_probe(subset_x, subset_y, ProbeConfig(seed=config.seed), num_classes)
     with torch.no_grad():
         linear_acc = topk_accuracy(probe(test_x), test_y)
