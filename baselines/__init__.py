@@ -11,7 +11,7 @@ from baselines.byol import BYOL
 from baselines.ema import cosine_tau, ema_update_
 from baselines.moco import MoCoV2
 from baselines.no_base import NoBaseLoss
-from baselines.protocol import Batch, SSLMethod, as_batch
+from baselines.protocol import Batch, ContrastSets, SSLMethod, as_batch
 from baselines.simclr import SimCLR
 from baselines.simsiam import SimSiam
 from baselines.swav import SwAV
@@ -34,6 +34,7 @@ __all__ = [
     "BYOL",
     "BarlowTwins",
     "Batch",
+    "ContrastSets",
     "JointEmbeddingMethod",
     "MoCoV2",
     "NoBaseLoss",

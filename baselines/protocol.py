@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass, field
-from typing import Any, Protocol, runtime_checkable
+from typing import Any, NamedTuple, Protocol, runtime_checkable
 
 import torch
 from torch import Tensor, nn
@@ -21,12 +21,17 @@ class Batch:
     Attributes:
         views: augmented views, each ``(B, C, H, W)``; the first ``num_global`` are the global crops,
             any further ones are (smaller) local crops for multi-crop methods.
-        index: dataset index of every sample ``(B,)``, when known.
+        index: index of every sample ``(B,)`` in the source dataset (not its position in a subset or shard),
+            when known.
         label: class label of every sample ``(B,)``, only when revealed (noise control, online probes).
         num_global: how many leading views are global crops.
         positive_weight: optional ``(B,)`` weight of each positive pair (noise control of false positives).
-        negative_weight: optional ``(B, B)`` weight of sample ``j`` as a negative for anchor ``i``
-            (noise control of false negatives; 0 removes the pair from contrastive denominators).
+        negative_weight: optional weight of each negative pair (noise control of false negatives; 0 removes the
+            pair from contrastive denominators), shaped ``(anchors, candidates)`` of the method's `contrast_sets`:
+            ``(B, B)`` in-batch for a single process (SimCLR), the global batch under torch.distributed,
+            ``(B, queue size)`` for a queue (MoCo).
+        crop_boxes: optional ``(V, B, 4)`` crop box of every view in its source image, ``(x0, y0, x1, y1)`` as
+            fractions of the image's width and height (noise control and measurement of false positives).
     """
 
     views: list[Tensor]
@@ -35,6 +40,7 @@ class Batch:
     num_global: int = 2
     positive_weight: Tensor | None = None
     negative_weight: Tensor | None = None
+    crop_boxes: Tensor | None = None
     extra: dict[str, Any] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
@@ -68,8 +74,18 @@ class Batch:
             num_global=self.num_global,
             positive_weight=move(self.positive_weight),
             negative_weight=move(self.negative_weight),
+            crop_boxes=move(self.crop_boxes),
             extra=dict(self.extra),
         )
+
+
+class ContrastSets(NamedTuple):
+    """The dataset indices a contrastive loss compares: every anchor against every candidate (its negatives, apart
+    from the anchor's own image). ``Batch.negative_weight`` has shape ``(len(anchors), len(candidates))``; a
+    candidate index of -1 is an unused slot (an unwritten queue row)."""
+
+    anchors: Tensor
+    candidates: Tensor
 
 
 def as_batch(batch: Batch | Sequence[Tensor]) -> Batch:
@@ -97,6 +113,8 @@ class SSLMethod(Protocol):
         final_tau: the EMA coefficient the cosine schedule ends at (1 when absent).
         on_before_optimizer_step(step): a hook run after backward and before the optimiser step.
         on_train_epoch_start(epoch): a hook run before each training epoch (also when resuming mid-epoch).
+        contrast_sets(batch): for a loss with negatives, the dataset indices it contrasts (anchors against
+            candidates, a `ContrastSets`); the shape ``batch.negative_weight`` must have.
     """
 
     backbone: nn.Module

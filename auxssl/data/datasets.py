@@ -71,6 +71,15 @@ class ImageDataset(Dataset):
     def labelled(self) -> bool:
         return bool((self.labels >= 0).any())
 
+    @property
+    def source(self) -> ImageDataset:
+        """The dataset this one was drawn from (itself; a subset's source is its parent's source)."""
+        return self
+
+    def source_indices(self) -> np.ndarray:
+        """The index in `source` of every image of this dataset."""
+        return np.arange(len(self))
+
     def to_uint8(self, size: int | None = None) -> tuple[torch.Tensor, np.ndarray]:
         """Decode every image (in threads: PIL releases the GIL) into one ``(N', 3, H, W)`` uint8 tensor.
 
@@ -236,6 +245,13 @@ class ImageSubset(ImageDataset):
         self.labels = np.asarray(dataset.labels)[self.indices]
         self.classes, self.mean, self.std = dataset.classes, dataset.mean, dataset.std
         self.name = f"{dataset.name}-subset{len(self.indices)}"
+
+    @property
+    def source(self) -> ImageDataset:
+        return self.dataset.source
+
+    def source_indices(self) -> np.ndarray:
+        return self.dataset.source_indices()[self.indices]
 
     def load(self, i: int) -> Image.Image:
         return self.dataset.load(int(self.indices[i]))

@@ -9,7 +9,7 @@ import numpy as np
 import torch
 
 from auxssl.data.datasets import ImageDataset, default_cache_dir
-from auxssl.data.loaders.base import MultiViewLoader, derive_seed
+from auxssl.data.loaders.base import GoodCrops, MultiViewLoader, OrderFactory, derive_seed
 from auxssl.data.loaders.ffcv_loader import FFCVLoader, ffcv_available, write_beton
 from auxssl.data.loaders.tensor_loader import TensorLoader, kornia_augmentation
 from auxssl.data.loaders.torchvision_loader import TorchvisionLoader, torchvision_transform
@@ -31,14 +31,18 @@ def build_loader(
     shuffle: bool = True,
     drop_last: bool = True,
     beton_path: str | Path | None = None,
+    order: OrderFactory | None = None,
+    good_crops: GoodCrops | None = None,
 ) -> MultiViewLoader:
     """A multi-view loader over ``dataset`` with the given backend (one of `BACKENDS`).
 
     ``labels``: the labels the loader may reveal in ``batch.label`` (indexed by dataset index, -1 hidden; see
     `auxssl.data.labels.reveal_labels`); None hides them. ``beton_path`` (FFCV): where the ``.beton`` is, or
-    is written once (default: the cache directory).
+    is written once (default: the cache directory). ``order`` replaces the seeded shuffling (e.g. batches grouped
+    by class); ``good_crops`` forces a share of good positive pairs (noise control).
     """
-    common = dict(labels=labels, device=device, seed=seed, shuffle=shuffle, drop_last=drop_last)
+    common = dict(labels=labels, device=device, seed=seed, shuffle=shuffle, drop_last=drop_last, order=order,
+                  good_crops=good_crops)
     if backend == "torchvision":
         return TorchvisionLoader(dataset, recipe, batch_size, num_workers=num_workers, **common)
     if backend == "tensor":
@@ -54,6 +58,7 @@ def build_loader(
 __all__ = [
     "BACKENDS",
     "FFCVLoader",
+    "GoodCrops",
     "MultiViewLoader",
     "TensorLoader",
     "TorchvisionLoader",

@@ -7,7 +7,8 @@ on ``(seed, e, position)``, never on how many workers ran or whether the run was
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
 from typing import Protocol, runtime_checkable
 
 import numpy as np
@@ -39,6 +40,28 @@ def epoch_order(n: int, seed: int, epoch: int, shuffle: bool = True) -> torch.Te
     if not shuffle:
         return torch.arange(n)
     return torch.randperm(n, generator=torch.Generator().manual_seed(derive_seed(seed, epoch)))
+
+
+#: The sample order of each epoch: ``order(epoch)`` is a permutation of the loader's dataset positions.
+EpochOrder = Callable[[int], torch.Tensor]
+
+
+#: Builds the `EpochOrder` of a loader from the dataset rows it iterates (e.g. to group them by class).
+OrderFactory = Callable[[np.ndarray], EpochOrder]
+
+
+def shuffled_order(n: int, seed: int, shuffle: bool = True) -> EpochOrder:
+    """The default order: `epoch_order` of ``n`` positions."""
+    return lambda epoch: epoch_order(n, seed, epoch, shuffle)
+
+
+@dataclass(frozen=True)
+class GoodCrops:
+    """Force a share of the positive pairs to be good (noise control, `auxssl.noise.crops`): with probability
+    ``fraction`` per sample, the second view's crop is redrawn to overlap the first's with IoU ≥ ``min_iou``."""
+
+    fraction: float
+    min_iou: float
 
 
 def num_batches(n: int, batch_size: int, drop_last: bool) -> int:

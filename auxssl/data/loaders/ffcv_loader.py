@@ -16,8 +16,8 @@ import torch
 from torch import nn
 
 from auxssl.data.datasets import ImageDataset
-from auxssl.data.loaders.base import derive_seed, num_batches
-from auxssl.data.loaders.tensor_loader import kornia_augmentation
+from auxssl.data.loaders.base import EpochOrder, GoodCrops, OrderFactory, derive_seed, num_batches, shuffled_order
+from auxssl.data.loaders.tensor_loader import KorniaViews, kornia_augmentation
 from auxssl.data.recipes import Recipe
 from baselines.protocol import Batch
 
@@ -99,11 +99,34 @@ def write_beton(dataset: ImageDataset, path: str | Path, jpeg: bool | None = Non
     return path
 
 
+def _traversal(order: EpochOrder) -> object:
+    """An FFCV `TraversalOrder` that follows ``order`` (the project's seeded epoch order, shared by every backend).
+
+    FFCV's `Loader` accepts a custom order as an *instance* that it calls with the loader, hence `__call__`."""
+    from ffcv.traversal_order.base import TraversalOrder
+
+    class _Order(TraversalOrder):
+        def __init__(self) -> None:  # FFCV calls the instance with the loader (below), not the class
+            pass
+
+        def __call__(self, loader: object) -> _Order:
+            super().__init__(loader)
+            return self
+
+        def sample_order(self, epoch: int) -> np.ndarray:
+            return order(epoch).numpy()
+
+    return _Order()
+
+
 class FFCVLoader:
     """Multi-view batches from a ``.beton``: crop + flip while decoding, colour augmentation on ``device``.
 
-    ``labels`` (visible labels indexed by dataset index, -1 hidden) go into ``batch.label``; without them the
-    batch carries no labels even though the file stores them.
+    ``labels`` (visible labels indexed by dataset row, -1 hidden) go into ``batch.label``; without them the
+    batch carries no labels even though the file stores them. The epoch order is the project's (`order`, else
+    seeded shuffling as in every backend). FFCV draws its crops inside its compiled decoder, where their boxes are
+    not visible; with ``good_crops`` (noise control) the whole images are decoded instead and cropped on
+    ``device`` exactly as `TensorLoader` does, so that the boxes are known (and batches carry ``crop_boxes``).
     """
 
     def __init__(
@@ -119,6 +142,8 @@ class FFCVLoader:
         num_workers: int = 2,
         shuffle: bool = True,
         drop_last: bool = True,
+        order: OrderFactory | None = None,
+        good_crops: GoodCrops | None = None,
     ) -> None:
         _require_ffcv()
         self._threads = _KeepTorchThreads()
@@ -126,16 +151,24 @@ class FFCVLoader:
             CenterCropRGBImageDecoder,
             IntDecoder,
             RandomResizedCropRGBImageDecoder,
+            SimpleRGBImageDecoder,
         )
-        from ffcv.loader import Loader, OrderOption
+        from ffcv.loader import Loader
         from ffcv.pipeline import PipelineSpec
         from ffcv.transforms import RandomHorizontalFlip, Squeeze, ToDevice, ToTensor, ToTorchImage
 
         self.device = torch.device(device)
         self.recipe, self.batch_size, self.seed, self.epoch, self.start_batch = recipe, batch_size, seed, 0, 0
         self.labels = None if labels is None else torch.as_tensor(np.asarray(labels, dtype=np.int64), device=self.device)
+        self.source_index = torch.as_tensor(dataset.source_indices(), device=self.device)
+        rows = np.arange(len(dataset))
+        epoch_order = order(rows) if order is not None else shuffled_order(len(dataset), seed, shuffle)
+        self.on_device = KorniaViews(recipe, dataset.mean, dataset.std, self.device, good_crops) if good_crops else None
         pipelines: dict[str, object] = {}
-        for v, spec in enumerate(recipe.views):
+        if self.on_device is not None:  # whole images; every view is cropped from them on the device
+            to_device = [ToTensor(), ToDevice(self.device, non_blocking=True), ToTorchImage()]
+            pipelines["image"] = PipelineSpec("image", decoder=SimpleRGBImageDecoder(), transforms=to_device)
+        for v, spec in enumerate([] if self.on_device is not None else recipe.views):
             if spec.scale is not None:
                 decoder = RandomResizedCropRGBImageDecoder((spec.size, spec.size), scale=spec.scale, ratio=spec.ratio)
             else:
@@ -143,14 +176,14 @@ class FFCVLoader:
             transforms = [RandomHorizontalFlip(spec.flip_p)] if spec.flip_p > 0 else []
             transforms += [ToTensor(), ToDevice(self.device, non_blocking=True), ToTorchImage()]
             pipelines[f"view_{v}"] = PipelineSpec("image", decoder=decoder, transforms=transforms)
-        pipelines["image"] = None  # only the views are produced
+        pipelines.setdefault("image", None)  # otherwise only the views are produced
         pipelines["label"] = None
         pipelines["index"] = [IntDecoder(), ToTensor(), Squeeze(), ToDevice(self.device, non_blocking=True)]
         self.loader = Loader(
             str(path),
             batch_size=batch_size,
             num_workers=num_workers,
-            order=OrderOption.RANDOM if shuffle else OrderOption.SEQUENTIAL,
+            order=_traversal(epoch_order),
             seed=seed,
             drop_last=drop_last,
             pipelines=pipelines,
@@ -171,17 +204,24 @@ class FFCVLoader:
 
     def __iter__(self) -> Iterator[Batch]:
         devices = [self.device] if self.device.type == "cuda" else []
-        for b, (index, *views) in enumerate(self.loader):  # file fields first, then the views
+        for b, fields in enumerate(self.loader):  # the file's fields in order (image, index), then the views
             self._threads.restore()
             if b < self.start_batch:
                 continue
-            with torch.no_grad(), torch.random.fork_rng(devices=devices):
-                torch.manual_seed(derive_seed(self.seed, self.epoch, b, 3))
-                views = [aug(v.float().div_(255.0)) for aug, v in zip(self.colour, views)]
-            index = index.long()
+            boxes = None
+            if self.on_device is not None:
+                images, index = fields
+                views, boxes = self.on_device(images, derive_seed(self.seed, self.epoch, b, 3))
+            else:
+                index, *views = fields
+                with torch.no_grad(), torch.random.fork_rng(devices=devices):
+                    torch.manual_seed(derive_seed(self.seed, self.epoch, b, 3))
+                    views = [aug(v.float().div_(255.0)) for aug, v in zip(self.colour, views)]
+            rows = index.long()
             yield Batch(
                 views=views,
-                index=index,
-                label=None if self.labels is None else self.labels[index],
+                index=self.source_index[rows],
+                label=None if self.labels is None else self.labels[rows],
                 num_global=self.recipe.num_global,
+                crop_boxes=boxes,
             )

@@ -10,8 +10,9 @@ import torch
 from torch import Tensor, nn
 
 from auxssl.data.datasets import ImageDataset
-from auxssl.data.loaders.base import derive_seed, epoch_order, num_batches, visible_labels
+from auxssl.data.loaders.base import GoodCrops, OrderFactory, derive_seed, num_batches, shuffled_order, visible_labels
 from auxssl.data.recipes import Recipe, ViewSpec
+from auxssl.noise.crops import crop_to_box, force_good_crops
 from baselines.protocol import Batch
 
 
@@ -54,12 +55,75 @@ def kornia_augmentation(
     return nn.Sequential(*steps)
 
 
+def _corners_to_crop(corners: Tensor) -> Tensor:
+    """Kornia's crop corners ``(B, 4, 2)`` (inclusive pixel coordinates) as ``(left, top, width, height)``."""
+    left, top = corners[:, 0, 0], corners[:, 0, 1]
+    return torch.stack([left, top, corners[:, 1, 0] - left + 1, corners[:, 2, 1] - top + 1], dim=1).round().long()
+
+
+def _crop_to_corners(crop: Tensor) -> Tensor:
+    left, top, right, bottom = crop[:, 0], crop[:, 1], crop[:, 0] + crop[:, 2] - 1, crop[:, 1] + crop[:, 3] - 1
+    return torch.stack([torch.stack([left, top], 1), torch.stack([right, top], 1), torch.stack([right, bottom], 1),
+                        torch.stack([left, bottom], 1)], dim=1).float()
+
+
+class KorniaViews:
+    """The views of uint8 image batches, augmented on their device by the recipe's kornia pipelines.
+
+    The crop parameters are drawn explicitly (`forward_parameters`, the same draws the crop would make), so every
+    batch comes with its crop boxes and ``good_crops`` can redraw the second view's crop (noise control).
+    """
+
+    def __init__(self, recipe: Recipe, mean: Sequence[float], std: Sequence[float], device: torch.device,
+                 good_crops: GoodCrops | None = None) -> None:
+        self.recipe, self.device, self.good_crops = recipe, device, good_crops
+        self.augmentations = nn.ModuleList(kornia_augmentation(s, mean, std) for s in recipe.views).to(device)
+
+    @torch.no_grad()
+    def __call__(self, images: Tensor, seed: int) -> tuple[list[Tensor], Tensor | None]:
+        """All views of a uint8 batch, with the augmentation RNG seeded by ``seed`` (global RNG untouched), and
+        their crop boxes ``(V, B, 4)`` (None unless every view is cropped)."""
+        devices = [self.device] if self.device.type == "cuda" else []
+        views: list[Tensor] = []
+        crops: list[Tensor | None] = []
+        with torch.random.fork_rng(devices=devices):
+            torch.manual_seed(seed)
+            x = images.float().div_(255.0)
+            for v, augment in enumerate(self.augmentations):
+                crop = augment[0]
+                if not isinstance(crop, K.RandomResizedCrop):
+                    views.append(augment(x))
+                    crops.append(None)
+                    continue
+                params = crop.forward_parameters(x.shape)  # the draws crop(x) would make, made visible
+                if v == 1 and self.good_crops is not None and crops[0] is not None:
+                    params["src"] = self._force_good(params["src"], crops[0], x.shape[-2:], seed)
+                views.append(augment[1:](crop(x, params=params)))
+                crops.append(_corners_to_crop(params["src"]).cpu())
+        if any(c is None for c in crops):
+            return views, None
+        size = torch.tensor([images.shape[-1], images.shape[-2]], dtype=torch.float64)
+        return views, torch.stack([crop_to_box(c, size) for c in crops]).to(self.device)
+
+    def _force_good(self, corners: Tensor, reference: Tensor, image_size: torch.Size, seed: int) -> Tensor:
+        """Redraw the crop of the samples forced to be good pairs (from their own generator, so that every other
+        augmentation is that of the unforced run)."""
+        spec = self.recipe.views[1]
+        assert self.good_crops is not None and spec.scale is not None
+        generator = torch.Generator().manual_seed(derive_seed(seed, 6))
+        n = corners.shape[0]
+        forced = torch.rand(n, generator=generator) < self.good_crops.fraction
+        height, width = torch.full((n,), image_size[0]), torch.full((n,), image_size[1])
+        good = force_good_crops(reference, height, width, spec.scale, spec.ratio, self.good_crops.min_iou, generator)
+        return torch.where(forced.view(n, 1, 1).to(corners.device), _crop_to_corners(good).to(corners), corners)
+
+
 class TensorLoader:
     """Multi-view batches from an in-memory uint8 tensor, augmented on ``device`` with kornia.
 
     The images are decoded once (`ImageDataset.to_uint8`; corrupt files skipped and listed in ``skipped``)
     and moved to ``device``. Each batch's augmentation is seeded by ``(seed, epoch, batch)``, so runs are
-    reproducible and a resumed epoch sees the same batches.
+    reproducible and a resumed epoch sees the same batches. Batches carry their crop boxes (`KorniaViews`).
     """
 
     def __init__(
@@ -75,6 +139,8 @@ class TensorLoader:
         drop_last: bool = True,
         images: Tensor | None = None,
         rows: np.ndarray | None = None,
+        order: OrderFactory | None = None,
+        good_crops: GoodCrops | None = None,
     ) -> None:
         self.device = torch.device(device)
         if images is None:
@@ -82,10 +148,11 @@ class TensorLoader:
         self.rows = np.arange(len(images)) if rows is None else np.asarray(rows)
         self.images = images.to(self.device)
         self.skipped = len(dataset) - len(self.rows)
+        self.source_index = dataset.source_indices()[self.rows]
         self.recipe, self.batch_size, self.labels = recipe, batch_size, labels
-        self.seed, self.shuffle, self.drop_last, self.epoch, self.start_batch = seed, shuffle, drop_last, 0, 0
-        self.augmentations = nn.ModuleList(kornia_augmentation(s, dataset.mean, dataset.std) for s in recipe.views)
-        self.augmentations.to(self.device)
+        self.seed, self.drop_last, self.epoch, self.start_batch = seed, drop_last, 0, 0
+        self.order = order(self.rows) if order is not None else shuffled_order(len(self.rows), seed, shuffle)
+        self.augment = KorniaViews(recipe, dataset.mean, dataset.std, self.device, good_crops)
 
     def set_epoch(self, epoch: int, start_batch: int = 0) -> None:
         self.epoch, self.start_batch = epoch, start_batch
@@ -93,24 +160,16 @@ class TensorLoader:
     def __len__(self) -> int:
         return num_batches(len(self.rows), self.batch_size, self.drop_last)
 
-    @torch.no_grad()
-    def augment(self, images: Tensor, seed: int) -> list[Tensor]:
-        """All views of a uint8 batch, with the augmentation RNG seeded by ``seed`` (global RNG untouched)."""
-        devices = [self.device] if self.device.type == "cuda" else []
-        with torch.random.fork_rng(devices=devices):
-            torch.manual_seed(seed)
-            x = images.float().div_(255.0)
-            return [augment(x) for augment in self.augmentations]
-
     def __iter__(self) -> Iterator[Batch]:
-        order = epoch_order(len(self.rows), self.seed, self.epoch, self.shuffle)
+        order = self.order(self.epoch)
         for b in range(self.start_batch, len(self)):
             positions = order[b * self.batch_size : (b + 1) * self.batch_size]
             rows = self.rows[positions.numpy()]
-            views = self.augment(self.images[positions.to(self.device)], derive_seed(self.seed, self.epoch, b, 2))
+            views, boxes = self.augment(self.images[positions.to(self.device)], derive_seed(self.seed, self.epoch, b, 2))
             yield Batch(
                 views=views,
-                index=torch.from_numpy(rows).to(self.device),
+                index=torch.from_numpy(self.source_index[positions.numpy()]).to(self.device),
                 label=None if self.labels is None else visible_labels(self.labels, rows).to(self.device),
                 num_global=self.recipe.num_global,
+                crop_boxes=boxes,
             )

@@ -12,8 +12,17 @@ from torch.utils.data import DataLoader, Dataset, Sampler
 from torchvision.transforms import v2
 
 from auxssl.data.datasets import CorruptImageError, ImageDataset
-from auxssl.data.loaders.base import derive_seed, epoch_order, num_batches, visible_labels
+from auxssl.data.loaders.base import (
+    EpochOrder,
+    GoodCrops,
+    OrderFactory,
+    derive_seed,
+    num_batches,
+    shuffled_order,
+    visible_labels,
+)
 from auxssl.data.recipes import Recipe, ViewSpec
+from auxssl.noise.crops import crop_to_box, force_good_crops
 from baselines.protocol import Batch
 
 
@@ -44,26 +53,35 @@ def torchvision_transform(spec: ViewSpec, mean: Sequence[float], std: Sequence[f
 class _SeededSampler(Sampler[tuple[int, int]]):
     """Yields ``(dataset position, per-sample seed)`` for one epoch; `set_epoch` selects the epoch."""
 
-    def __init__(self, n: int, seed: int, shuffle: bool) -> None:
-        self.n, self.seed, self.shuffle, self.epoch, self.start = n, seed, shuffle, 0, 0
+    def __init__(self, n: int, seed: int, order: EpochOrder) -> None:
+        self.n, self.seed, self.order, self.epoch, self.start = n, seed, order, 0, 0
 
     def __len__(self) -> int:
         return self.n - self.start
 
     def __iter__(self) -> Iterator[tuple[int, int]]:
-        order = epoch_order(self.n, self.seed, self.epoch, self.shuffle).tolist()
+        order = self.order(self.epoch).tolist()
         for position in range(self.start, self.n):
             yield order[position], derive_seed(self.seed, self.epoch, position, 1)
 
 
+_Sample = tuple[list[Tensor], int, Tensor | None]
+
+
 class _MultiViewDataset(Dataset):
-    def __init__(self, dataset: ImageDataset, transforms: list[v2.Compose]) -> None:
-        self.dataset, self.transforms = dataset, transforms
+    """Decodes one image and draws its views; the crop of each view is drawn explicitly (`make_params`, the same
+    draw the transform would make) so that its box is known and the second one can be forced to be good."""
+
+    def __init__(self, dataset: ImageDataset, transforms: list[v2.Compose], recipe: Recipe,
+                 good_crops: GoodCrops | None) -> None:
+        self.dataset, self.recipe, self.good_crops = dataset, recipe, good_crops
+        self.crops = [t.transforms[0] if isinstance(t.transforms[0], v2.RandomResizedCrop) else None for t in transforms]
+        self.rests = [v2.Compose(t.transforms[1:]) if c is not None else t for t, c in zip(transforms, self.crops)]
 
     def __len__(self) -> int:
         return len(self.dataset)
 
-    def __getitem__(self, item: tuple[int, int]) -> tuple[list[Tensor], int] | None:
+    def __getitem__(self, item: tuple[int, int]) -> _Sample | None:
         row, seed = item
         try:
             image = self.dataset.load(row)
@@ -71,15 +89,43 @@ class _MultiViewDataset(Dataset):
             warnings.warn(f"skipping {err}", stacklevel=2)
             return None
         torch.manual_seed(seed)  # per-sample augmentation independent of worker count and resumption
-        return [t(image) for t in self.transforms], row
+        height, width = v2.functional.get_size(image)
+        views, crops = [], []
+        for v, (crop, rest) in enumerate(zip(self.crops, self.rests)):
+            if crop is None:
+                views.append(rest(image))
+                continue
+            params = crop.make_params([image])
+            box = torch.tensor([[params["left"], params["top"], params["width"], params["height"]]])
+            if v == 1 and self.good_crops is not None and crops:
+                box = self._force_good(box, crops[0], height, width, seed)
+                params = dict(left=int(box[0, 0]), top=int(box[0, 1]), width=int(box[0, 2]), height=int(box[0, 3]))
+            crops.append(box)
+            views.append(rest(crop.transform(image, params)))
+        boxes = None
+        if len(crops) == len(views):
+            size = torch.tensor([width, height], dtype=torch.float64)
+            boxes = torch.cat([crop_to_box(c, size) for c in crops])
+        return views, row, boxes
+
+    def _force_good(self, box: Tensor, reference: Tensor, height: int, width: int, seed: int) -> Tensor:
+        assert self.good_crops is not None
+        spec = self.recipe.views[1]
+        assert spec.scale is not None
+        generator = torch.Generator().manual_seed(derive_seed(seed, 6))
+        if float(torch.rand(1, generator=generator)) >= self.good_crops.fraction:
+            return box
+        return force_good_crops(reference, torch.tensor([height]), torch.tensor([width]), spec.scale, spec.ratio,
+                                self.good_crops.min_iou, generator)
 
 
-def _collate(samples: list[tuple[list[Tensor], int] | None]) -> tuple[list[Tensor], Tensor, int]:
+def _collate(samples: list[_Sample | None]) -> tuple[list[Tensor], Tensor, Tensor | None, int]:
     kept = [s for s in samples if s is not None]
     if not kept:
         raise RuntimeError("every image of a batch failed to decode")
     views = [torch.stack([s[0][v] for s in kept]) for v in range(len(kept[0][0]))]
-    return views, torch.tensor([s[1] for s in kept]), len(samples) - len(kept)
+    boxes = None if kept[0][2] is None else torch.stack([s[2] for s in kept], dim=1)
+    return views, torch.tensor([s[1] for s in kept]), boxes, len(samples) - len(kept)
 
 
 class TorchvisionLoader:
@@ -101,13 +147,18 @@ class TorchvisionLoader:
         num_workers: int = 2,
         shuffle: bool = True,
         drop_last: bool = True,
+        order: OrderFactory | None = None,
+        good_crops: GoodCrops | None = None,
     ) -> None:
         self.dataset, self.recipe, self.batch_size = dataset, recipe, batch_size
         self.labels, self.device, self.drop_last = labels, torch.device(device), drop_last
-        self.sampler = _SeededSampler(len(dataset), seed, shuffle)
+        self.source_index = torch.from_numpy(dataset.source_indices())
+        rows = np.arange(len(dataset))
+        epoch_order = order(rows) if order is not None else shuffled_order(len(dataset), seed, shuffle)
+        self.sampler = _SeededSampler(len(dataset), seed, epoch_order)
         transforms = [torchvision_transform(spec, dataset.mean, dataset.std) for spec in recipe.views]
         self.loader = DataLoader(
-            _MultiViewDataset(dataset, transforms),
+            _MultiViewDataset(dataset, transforms, recipe, good_crops),
             batch_size=batch_size,
             sampler=self.sampler,
             num_workers=num_workers,
@@ -125,13 +176,14 @@ class TorchvisionLoader:
         return num_batches(len(self.dataset), self.batch_size, self.drop_last)
 
     def __iter__(self) -> Iterator[Batch]:
-        for views, rows, skipped in self.loader:
+        for views, rows, boxes, skipped in self.loader:
             self.skipped += skipped
             batch = Batch(
                 views=views,
-                index=rows,
+                index=self.source_index[rows],
                 label=visible_labels(self.labels, rows.numpy()),
                 num_global=self.recipe.num_global,
+                crop_boxes=boxes,
                 extra={"skipped": skipped},
             )
             yield batch.to(self.device, non_blocking=True)
