@@ -94,6 +94,29 @@ class EvalConfig:
 
 
 @dataclass
+class FNInjectionConfig:
+    classes_per_batch: int | None = None  # draw every batch from this many classes (raises the false-negative rate)
+
+
+@dataclass
+class NoiseConfig:
+    """Controlled label noise of the SSL objective (auxssl.noise); every knob off by default."""
+
+    fn_elimination: float = 0.0  # reveal labels of this class-stratified fraction; drop same-class negatives among them
+    fn_injection: FNInjectionConfig = field(default_factory=FNInjectionConfig)
+    fp_injection: float = 0.0  # probability that a positive pair's second view comes from another image
+    good_crop_fraction: float = 0.0  # probability that a positive pair is forced to be good (crop IoU ≥ good_crop_iou)
+    good_crop_iou: float = 0.5  # the good-pair criterion: IoU of the two crop boxes (as PASCAL VOC matches boxes)
+    measure: bool = True  # log noise/fn_rate_raw, noise/fn_rate, noise/fp_rate from the true labels (never the loss)
+
+    @property
+    def active(self) -> bool:
+        """Whether any knob changes the training data or the loss."""
+        return bool(self.fn_elimination or self.fn_injection.classes_per_batch or self.fp_injection
+                    or self.good_crop_fraction)
+
+
+@dataclass
 class RunConfig:
     name: str = "run"
     output_dir: str = "runs"
@@ -103,6 +126,7 @@ class RunConfig:
     optim: OptimConfig = field(default_factory=OptimConfig)
     train: TrainConfig = field(default_factory=TrainConfig)
     eval: EvalConfig = field(default_factory=EvalConfig)
+    noise: NoiseConfig = field(default_factory=NoiseConfig)
 
     @property
     def run_dir(self) -> Path:
@@ -239,6 +263,26 @@ def validate(config: RunConfig) -> None:
             raise ConfigError(f"{key}={value!r} is not one of {', '.join(valid)}{hint}")
     if config.train.epochs <= 0 or config.data.batch_size <= 1:
         raise ConfigError("train.epochs must be positive and data.batch_size at least 2")
+    validate_noise(config)
+
+
+def validate_noise(config: RunConfig) -> None:
+    noise = config.noise
+    for key in ("fn_elimination", "fp_injection", "good_crop_fraction", "good_crop_iou"):
+        value = getattr(noise, key)
+        if not 0.0 <= value <= 1.0:
+            raise ConfigError(f"noise.{key}={value} must lie in [0, 1]")
+    classes = noise.fn_injection.classes_per_batch
+    if classes is not None and (classes < 1 or config.data.batch_size % classes):
+        raise ConfigError(f"noise.fn_injection.classes_per_batch={classes} must be positive and divide "
+                          f"data.batch_size={config.data.batch_size}")
+    if noise.fn_elimination > 0:
+        from baselines import METHODS
+
+        if not hasattr(METHODS[config.model.method], "contrast_sets"):
+            with_negatives = sorted(name for name, cls in METHODS.items() if hasattr(cls, "contrast_sets"))
+            raise ConfigError(f"noise.fn_elimination needs a loss with negatives; model.method={config.model.method!r} "
+                              f"has none (methods with negatives: {', '.join(with_negatives)})")
 
 
 def save_config(config: RunConfig, path: str | Path) -> None:

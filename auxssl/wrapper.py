@@ -11,7 +11,7 @@ from auxssl.tasks import PretextTask, RotationPrediction
 from baselines.backbones import feature_dim
 from baselines.base import split_weight_decay
 from baselines.ema import ema_update_pairs_
-from baselines.protocol import Batch, as_batch, missing_protocol_members
+from baselines.protocol import Batch, ContrastSets, as_batch, missing_protocol_members
 
 
 class AuxWrapper(nn.Module):
@@ -114,6 +114,11 @@ class AuxWrapper(nn.Module):
         hook = getattr(self.base, "on_before_optimizer_step", None)
         if hook is not None:
             hook(step)
+
+    def contrast_sets(self, batch: Batch) -> ContrastSets | None:
+        """The base method's negatives (noise control); None when it has none."""
+        sets = getattr(self.base, "contrast_sets", None)
+        return None if sets is None else sets(batch)
 
     def forward(self, batch: Batch | Sequence[Tensor]) -> dict[str, Tensor]:
         batch = as_batch(batch)

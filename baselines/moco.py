@@ -13,7 +13,7 @@ from baselines.distributed import gather_no_grad
 from baselines.ema import frozen_copy
 from baselines.heads import mlp
 from baselines.losses import moco_loss
-from baselines.protocol import Batch, as_batch
+from baselines.protocol import Batch, ContrastSets, as_batch
 from baselines.queue import FeatureQueue
 
 
@@ -26,6 +26,8 @@ class MoCoV2(JointEmbeddingMethod):
       32,768): ``queues[0]`` holds keys of view 1, ``queues[1]`` keys of view 2.
     - Loss ``(InfoNCE(q1, k2, queues[1]) + InfoNCE(q2, k1, queues[0])) / 2`` at temperature 0.2.
     - Momentum ``τ`` cosine-increased from ``base_tau = 0.99`` to ``final_tau = 0.999``.
+    - ``batch.negative_weight`` (noise control), ``(B, queue_size)``, weighs every queued key as a negative of
+      every query, in both terms; the queues store the dataset index of each key (`contrast_sets`).
     - Under torch.distributed the keys of every rank are gathered and enqueued, so every rank holds the same
       queues (as in MoCo and solo-learn). Shuffle-BN is not used (nor is it in solo-learn).
     """
@@ -59,9 +61,17 @@ class MoCoV2(JointEmbeddingMethod):
         with torch.no_grad():
             k1, k2 = (F.normalize(k, dim=1) for k in encode_views([self.target_backbone, self.target_projector], views))
         negatives = [queue.items.clone() for queue in self.queues]
-        loss = (moco_loss(q1, k2, negatives[1], self.temperature) + moco_loss(q2, k1, negatives[0], self.temperature)) / 2
+        weight = batch.negative_weight
+        loss = (moco_loss(q1, k2, negatives[1], self.temperature, weight)
+                + moco_loss(q2, k1, negatives[0], self.temperature, weight)) / 2
         if self.training:
             index = None if batch.index is None else gather_no_grad(batch.index)
             for queue, keys in zip(self.queues, (k1, k2)):
                 queue.push(gather_no_grad(keys.float()), index)
         return {"loss": loss, "stat/z_std": embedding_std(q1)}
+
+    def contrast_sets(self, batch: Batch) -> ContrastSets | None:
+        """The local queries against the queued keys (both queues hold keys of the same images, in the same rows)."""
+        if batch.index is None:
+            return None
+        return ContrastSets(batch.index, self.queues[0].index.clone())

@@ -12,6 +12,7 @@ from auxssl.config import RunConfig
 from auxssl.data import build_loader, get_dataset, get_recipe, reveal_labels
 from auxssl.data.datasets import ImageDataset, ImageSubset
 from auxssl.data.loaders import MultiViewLoader, derive_seed
+from auxssl.noise.control import NoiseControl
 from auxssl.tasks import JigsawPrediction, RotationPrediction
 from auxssl.wrapper import AuxWrapper
 from baselines import METHODS, build_backbone
@@ -79,9 +80,11 @@ def process_seed(seed: int, rank: int, world_size: int) -> int:
 
 
 def build_train_loader(
-    config: RunConfig, train: ImageDataset, device: torch.device, rank: int = 0, world_size: int = 1
+    config: RunConfig, train: ImageDataset, device: torch.device, rank: int = 0, world_size: int = 1,
+    noise: NoiseControl | None = None,
 ) -> MultiViewLoader:
-    """The training loader; under torch.distributed each process loads its own disjoint share of the data."""
+    """The training loader; under torch.distributed each process loads its own disjoint share of the data.
+    ``noise`` supplies the epoch order (batches grouped by class) and the good-crop forcing of noise control."""
     data = config.data
     recipe = get_recipe(data.recipe, data.image_size)
     labels = reveal_labels(train.labels, data.reveal_labels, config.train.seed) if data.reveal_labels > 0 else None
@@ -91,7 +94,10 @@ def build_train_loader(
         shard = np.arange(rank, len(train), world_size)
         train = ImageSubset(train, shard)
         labels = None if labels is None else labels[shard]
+    local_batch = data.batch_size // world_size
     return build_loader(
-        data.backend, train, recipe, data.batch_size // world_size, labels=labels, device=device,
+        data.backend, train, recipe, local_batch, labels=labels, device=device,
         seed=process_seed(config.train.seed, rank, world_size), num_workers=data.num_workers,
+        order=None if noise is None else noise.order(np.asarray(train.labels), local_batch),
+        good_crops=None if noise is None else noise.good_crops(),
     )

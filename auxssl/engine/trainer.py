@@ -22,7 +22,7 @@ from torch import Tensor, nn
 from torch.nn.modules.batchnorm import _BatchNorm
 from torch.utils.checkpoint import checkpoint
 
-from auxssl.config import RunConfig, TaskConfig, save_config, to_dict
+from auxssl.config import NoiseConfig, RunConfig, TaskConfig, save_config, to_dict
 from auxssl.engine.build import SUBSET_SEED, RunDatasets, build_datasets, build_model, build_train_loader, process_seed
 from auxssl.engine.checkpoint import (
     atomic_save,
@@ -41,6 +41,7 @@ from auxssl.eval.knn import KNNProtocol
 from auxssl.eval.linear import OnlineLinearProbe, ProbeConfig
 from auxssl.eval.offline import evaluate_backbone
 from auxssl.eval.tracker import MetricsLog, RunInfo, TrainClock, WindowMeans, write_run_info
+from auxssl.noise.control import NoiseControl
 from baselines.backbones import feature_dim
 from baselines.protocol import Batch
 
@@ -57,6 +58,26 @@ def task_label(task: TaskConfig) -> str:
     if task.weight != TaskConfig().weight:
         settings["weight"] = task.weight
     return task.name + ("(" + ", ".join(f"{k}={v}" for k, v in sorted(settings.items())) + ")" if settings else "")
+
+
+def noise_knobs(noise: NoiseConfig) -> dict[str, Any]:
+    """The noise-control knobs that differ from their defaults, flattened (``fn_injection.classes_per_batch``);
+    ``good_crop_iou`` only where it changes the data (with ``good_crop_fraction``)."""
+    knobs = {k: v for k, v in _flatten(to_dict(noise)).items() if v != _flatten(to_dict(NoiseConfig())).get(k)}
+    knobs.pop("measure", None)
+    if not noise.good_crop_fraction:
+        knobs.pop("good_crop_iou", None)
+    return knobs
+
+
+def _flatten(tree: dict[str, Any], prefix: str = "") -> dict[str, Any]:
+    flat: dict[str, Any] = {}
+    for key, value in tree.items():
+        if isinstance(value, dict):
+            flat.update(_flatten(value, f"{prefix}{key}."))
+        else:
+            flat[prefix + key] = value
+    return flat
 
 
 class NonFiniteLossError(RuntimeError):
@@ -156,7 +177,11 @@ class Trainer:
         self.run_dir = config.run_dir
         self.train_set, self.bank_set, self.test_set = datasets or build_datasets(config)
         self.eval_image_size = config.eval.image_size or config.data.image_size
-        self.loader = build_train_loader(config, self.train_set, self.device, self.dist.rank, self.dist.world_size)
+        self.noise: NoiseControl | None = None
+        if config.noise.active or config.noise.measure:
+            self.noise = NoiseControl(config.noise, self.train_set, config.train.seed, self.dist.rank, self.device)
+        self.loader = build_train_loader(config, self.train_set, self.device, self.dist.rank, self.dist.world_size,
+                                         self.noise)
 
         self.model = build_model(config)
         if config.train.activation_checkpointing:
@@ -244,7 +269,7 @@ class Trainer:
         }
         return RunInfo(name=cfg.name, method=cfg.model.method, dataset=cfg.data.dataset,
                        tasks=[task_label(t) for t in cfg.tasks], seed=cfg.train.seed, epochs=cfg.train.epochs,
-                       protocol=protocol, evaluation=evaluation, budget=budget)
+                       protocol=protocol, evaluation=evaluation, budget=budget, noise=noise_knobs(cfg.noise))
 
     def _tensorboard(self) -> Any:
         if not self.dist.is_main:
@@ -309,6 +334,7 @@ class Trainer:
         lr = float(self.lr_schedule[self.step])
         for group in self.optimizer.param_groups:
             group["lr"] = self.base_lr if group.get("fixed_lr") else lr
+        noise = {} if self.noise is None else self.noise.prepare(batch, self.model, self.step)
         if self.config.train.channels_last:
             batch.views = [v.contiguous(memory_format=torch.channels_last) for v in batch.views]
         tap = self.tap.capture() if self.tap is not None else contextlib.nullcontext()
@@ -343,6 +369,7 @@ class Trainer:
             if features is not None and batch.label is not None:
                 probe = self.online_probe.update(features[: batch.size], batch.label)
                 out.update({k: torch.tensor(v) for k, v in probe.items()})  # incl. PROBE_LABELLED
+        out.update(noise)
         out["lr"] = torch.tensor(lr)
         return out
 

@@ -30,7 +30,9 @@ HEADS = {
     "barlow_twins": dict(proj_hidden_dim=32, proj_dim=32),
     "vicreg": dict(proj_hidden_dim=32, proj_dim=32),
 }
-CASES = sorted(HEADS) + ["byol+rotation"]
+CASES = sorted(HEADS) + ["byol+rotation", "simclr+fn_elimination"]
+#: Labels of the global batch for the masked SimCLR case: the (8, 8) mask removes same-class negatives.
+GLOBAL_LABELS = torch.tensor([0, 1, 0, 1, 2, 2, 0, 1])
 
 
 def small_backbone() -> nn.Module:
@@ -56,9 +58,18 @@ def global_batch() -> list[torch.Tensor]:
     return [torch.rand(8, 3, 8, 8, generator=g, dtype=torch.float64) for _ in range(2)]
 
 
+def negative_weight(case: str) -> torch.Tensor | None:
+    """Noise control's mask over the global batch, the same on every rank (None for the unmasked cases)."""
+    if not case.endswith("+fn_elimination"):
+        return None
+    from auxssl.noise.negatives import same_class_weight
+
+    return same_class_weight(GLOBAL_LABELS, GLOBAL_LABELS).double()
+
+
 def reference(case: str) -> tuple[float, list[torch.Tensor]]:
     model = build(case)
-    out = model(Batch(global_batch()))
+    out = model(Batch(global_batch(), negative_weight=negative_weight(case)))
     out["loss"].backward()
     return out["loss"].item(), [p.grad.clone() for p in model.parameters() if p.requires_grad]
 
@@ -72,7 +83,7 @@ def worker(rank: int, init_file: str, out_dir: str) -> None:
         ddp = nn.parallel.DistributedDataParallel(model)
         share = 8 // WORLD
         views = [v[rank * share : (rank + 1) * share] for v in global_batch()]
-        loss = ddp(Batch(views))["loss"]
+        loss = ddp(Batch(views, negative_weight=negative_weight(case)))["loss"]
         loss.backward()
         mean_loss = loss.detach().clone()
         dist.all_reduce(mean_loss)
@@ -157,3 +168,8 @@ def test_ranks_draw_different_augmentations_deterministically() -> None:
     assert all(torch.equal(a, b) for a, b in zip(rank0, again))
     assert not torch.allclose(rank0[0], rank1[0])
     assert process_seed(7, 0, 1) == 7 and len({process_seed(7, r, 4) for r in range(4)}) == 4
+
+
+def test_the_masked_case_really_masks() -> None:
+    """The fn-elimination parity case is not the unmasked loss under another name."""
+    assert reference("simclr+fn_elimination")[0] != pytest.approx(reference("simclr")[0])
