@@ -104,7 +104,7 @@ def check_distinct_seeds(runs: Sequence[Run]) -> None:
     """Two runs of one variant with the same seed are not two seeds: refuse to average them as such."""
     seen: dict[tuple, Run] = {}
     for run in runs:
-        key = (run.info.method, run.info.dataset, tuple(run.info.tasks), run.info.seed)
+        key = (run.info.method, run.info.dataset, tuple(run.info.tasks), run.info.noise_key, run.info.seed)
         if key in seen:
             raise ValueError(
                 f"{seen[key].path} and {run.path} are both seed {run.info.seed} of {run.info.variant}: averaging "
@@ -154,6 +154,7 @@ class Variant:
     dataset: str
     tasks: tuple[str, ...]
     runs: list[Run]
+    noise_key: tuple = ()
 
     @property
     def seeds(self) -> list[int]:
@@ -167,14 +168,20 @@ class Variant:
         values = [rec[field] for r in self.runs if (rec := r.final(metric)) is not None]
         return (*mean_std(values), len(values))
 
+    def training_mean(self, metric: str) -> tuple[float, float, int]:
+        """``metric`` averaged over each run's training records, then mean ± std over the runs."""
+        values = [statistics.fmean(v) for r in self.runs if (v := [rec[metric] for rec in r.train if metric in rec])]
+        return (*mean_std(values), len(values))
+
 
 def group_variants(runs: Sequence[Run]) -> list[Variant]:
-    groups: dict[tuple[str, str, tuple[str, ...]], list[Run]] = defaultdict(list)
+    groups: dict[tuple[str, str, tuple[str, ...], tuple], list[Run]] = defaultdict(list)
     for run in runs:
-        groups[(run.info.method, run.info.dataset, tuple(run.info.tasks))].append(run)
+        groups[(run.info.method, run.info.dataset, tuple(run.info.tasks), run.info.noise_key)].append(run)
+    several_datasets = len({r.info.dataset for r in runs}) > 1
     return [
-        Variant("+".join([m, *t]) + ("" if len({r.info.dataset for r in runs}) == 1 else f" ({d})"), m, d, t, rs)
-        for (m, d, t), rs in sorted(groups.items())
+        Variant(rs[0].info.variant + (f" ({d})" if several_datasets else ""), m, d, t, rs, n)
+        for (m, d, t, n), rs in sorted(groups.items())
     ]
 
 
@@ -199,10 +206,10 @@ class SpeedUp:
 
 def speedups(variants: Sequence[Variant], metric: str = PRIMARY) -> list[SpeedUp]:
     """Pair every variant with auxiliary tasks with its baseline and measure time to the baseline's accuracy."""
-    baselines = {(v.method, v.dataset): v for v in variants if not v.tasks}
+    baselines = {(v.method, v.dataset, v.noise_key): v for v in variants if not v.tasks}
     out = []
     for variant in variants:
-        baseline = baselines.get((variant.method, variant.dataset))
+        baseline = baselines.get((variant.method, variant.dataset, variant.noise_key))
         if not variant.tasks or baseline is None:
             continue
         target, _, n = baseline.final(metric)
@@ -290,6 +297,35 @@ class Report:
     plots: list[Path]
 
 
+NOISE_METRICS = ("noise/fn_rate_raw", "noise/fn_rate", "noise/fp_rate")
+
+
+def _noise_plot(variants: Sequence[Variant], metrics: Sequence[str], path: Path) -> Path | None:
+    """Final kNN top-1 against each measured noise rate (one point per variant, ±std over seeds)."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, axes = plt.subplots(1, len(metrics), figsize=(4.6 * len(metrics), 3.8), squeeze=False)
+    for ax, metric in zip(axes[0], metrics):
+        for i, v in enumerate(variants):
+            x, x_sd, nx = v.training_mean(metric)
+            y, y_sd, ny = v.final(PRIMARY)
+            if nx and ny:
+                ax.errorbar(x, y, xerr=x_sd, yerr=y_sd, fmt="o" if v.tasks else "s", color=f"C{i % 10}",
+                            label=v.name, capsize=3)
+        ax.set_xlabel(f"{metric} (mean over training)")
+        ax.set_ylabel("final kNN top-1 (%)")
+        ax.grid(alpha=0.3)
+    axes[0][0].legend(fontsize=7)
+    fig.suptitle("Accuracy against the measured noise")
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+    return path
+
+
 def _table(header: Sequence[str], rows: Sequence[Sequence[str]]) -> tuple[str, str]:
     md = "| " + " | ".join(header) + " |\n| " + " | ".join("---" for _ in header) + " |\n"
     md += "".join("| " + " | ".join(row) + " |\n" for row in rows)
@@ -375,8 +411,20 @@ def write_report(paths: Sequence[str | Path], out_dir: str | Path, title: str = 
                           "speed-up (epochs)", "time to reach", "speed-up (wall-clock)", "seeds reaching"], rows)
         section("Time to the baseline's accuracy", md, tab)
 
+    noise_metrics = [m for m in NOISE_METRICS if any(v.training_mean(m)[2] for v in variants)]
+    noise_plot = None
+    if noise_metrics:
+        rows = [[v.name, *(fmt(*v.training_mean(m), 4) for m in noise_metrics), fmt(*v.final(PRIMARY))] for v in variants]
+        md, tab = _table(["variant", *(f"{m} (mean over training)" for m in noise_metrics), "final kNN top-1"], rows)
+        note = ("Measured from the true labels, which the loss never sees (only labels revealed for false-negative "
+                "elimination reach it): fn_rate_raw = share of negative pairs of one class, fn_rate = the same among "
+                "the negatives the loss uses, fp_rate = share of positive pairs injected or failing the good-crop "
+                "criterion.")
+        section("Measured noise and accuracy", f"{note}\n\n{md}", f"<p>{html.escape(note)}</p>{tab}")
+        noise_plot = _noise_plot(variants, noise_metrics, out / "knn_vs_noise.png")
+
     targets = {v.name: v.final(PRIMARY)[0] for v in variants if not v.tasks and v.final(PRIMARY)[2]}
-    plots = [
+    plots = [noise_plot,
         _plot(variants, [PRIMARY], "epoch", "epoch", "kNN top-1 (%)", "kNN accuracy vs epoch", out / "knn_vs_epoch.png",
               targets=targets),
         _plot(variants, [PRIMARY], "train_time_s", "training wall-clock (s, evaluation excluded)", "kNN top-1 (%)",

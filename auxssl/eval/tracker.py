@@ -33,6 +33,8 @@ class RunInfo:
             hyper-parameters), by the same names as ``protocol``. Two runs' numbers are comparable only where
             these agree.
         budget: the training budget (epochs, batch size, training images, image size, backbone, …).
+        noise: the noise-control knobs that differ from their defaults (``{}``: the natural objective); runs with
+            different knobs are different variants.
     """
 
     name: str
@@ -44,11 +46,18 @@ class RunInfo:
     protocol: dict[str, str] = field(default_factory=dict)
     evaluation: dict[str, dict[str, Any]] = field(default_factory=dict)
     budget: dict[str, Any] = field(default_factory=dict)
+    noise: dict[str, Any] = field(default_factory=dict)
 
     @property
     def variant(self) -> str:
-        """``method`` or ``method+task+…``: runs of one variant differ only by seed."""
-        return "+".join([self.method, *self.tasks])
+        """``method`` or ``method+task+…``, then any noise knobs in brackets: runs of one variant differ only by
+        seed."""
+        knobs = ", ".join(f"{k}={v}" for k, v in sorted(self.noise.items()))
+        return "+".join([self.method, *self.tasks]) + (f" [{knobs}]" if knobs else "")
+
+    @property
+    def noise_key(self) -> tuple:
+        return tuple(sorted((k, repr(v)) for k, v in self.noise.items()))
 
 
 def write_run_info(run_dir: str | Path, info: RunInfo) -> None:
