@@ -23,6 +23,8 @@ from auxssl.eval import (
     linear_probe,
     mlp_probe,
 )
+from auxssl.eval.features import normalise_images
+from auxssl.eval.knn import exact_topk
 from baselines import build_backbone
 
 
@@ -71,6 +73,23 @@ def test_chunk_sizes_do_not_change_results() -> None:
     whole = knn_scores(bank, bank_labels, queries, k=30, temperature=0.1)
     chunked = knn_scores(bank, bank_labels, queries, k=30, temperature=0.1, query_chunk=7, bank_chunk=13)
     torch.testing.assert_close(whole, chunked)
+
+
+def test_exact_topk_selects_the_full_topk_including_the_fallback_rows() -> None:
+    """The candidate selection gives `topk`'s values and columns; rows whose sampled threshold is too high (here
+    every strongly similar bank row sits on a sampled position) fall back to the full computation."""
+    g = torch.Generator().manual_seed(0)
+    bank = F.normalize(torch.randn(4000, 32, generator=g), dim=1)
+    queries = F.normalize(torch.randn(50, 32, generator=g), dim=1)
+    near = F.normalize(queries[0] + 0.05 * torch.randn(250, 32, generator=g), dim=1)
+    bank[::16] = near  # query 0: its 250 most similar rows are all sampled → too few candidates
+    for k in (1, 10, 200):
+        values, columns = exact_topk(queries, bank, k, block=512)
+        full_values, full_columns = (queries @ bank.T).topk(k, dim=1)
+        torch.testing.assert_close(values, full_values)
+        torch.testing.assert_close(torch.gather(queries @ bank.T, 1, columns), full_values)  # same values, ties aside
+    sample_threshold = (queries[:1] @ bank[::16].T).topk(25, dim=1).values[:, -1]
+    assert int(((queries[:1] @ bank.T) >= sample_threshold).sum()) < 200  # the fallback really ran for k = 200
 
 
 def test_knn_evaluate_reports_percentages_and_ignores_unlabelled_bank() -> None:
@@ -165,3 +184,16 @@ def test_extract_features_restores_mode_and_aligns_labels(tiny_backbone) -> None
     assert torch.equal(labels, torch.from_numpy(data.labels))
     again, _ = extract_features(tiny_backbone, data, batch_size=7)
     torch.testing.assert_close(features, again)
+
+
+def test_feature_precision_fp32_is_the_plain_forward_and_bf16_is_close(tiny_backbone) -> None:
+    data = digits("test")
+    tiny_backbone.eval()
+    fp32, _ = extract_features(tiny_backbone, data, precision="fp32")
+    with torch.no_grad():
+        images, _ = data.to_uint8()
+        plain = tiny_backbone(normalise_images(images, data.mean, data.std))
+    torch.testing.assert_close(fp32, plain)
+    bf16, _ = extract_features(tiny_backbone, data, precision="bf16")
+    assert bf16.dtype == torch.float32
+    assert F.cosine_similarity(bf16, fp32, dim=1).min() > 0.99
