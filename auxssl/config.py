@@ -86,6 +86,7 @@ class EvalConfig:
     every_epochs: int = 5
     test_subset: int | None = None  # evaluate on a fixed random sample of N test images (quick runs); None: all
     image_size: int | None = None  # side at which features are extracted; None: data.image_size (the training size)
+    precision: str = "auto"  # feature extraction: auto (bf16 where native, else fp32) | fp32 | bf16
     bank: str = "train"  # kNN bank / probe training set: "train" (the training images, data.train_subset if set) | "full_train"
     knn_k: int = 200
     knn_temperature: float = 0.1
@@ -253,6 +254,7 @@ def validate(config: RunConfig) -> None:
         "optim.name": (config.optim.name, ("sgd", "lars", "adamw")),
         "train.precision": (config.train.precision, ("auto", "fp32", "bf16", "fp16")),
         "eval.bank": (config.eval.bank, ("train", "full_train")),
+        "eval.precision": (config.eval.precision, ("auto", "fp32", "bf16")),
     }
     for i, task in enumerate(config.tasks):
         choices[f"tasks[{i}].name"] = (task.name, ("rotation", "jigsaw"))

@@ -177,6 +177,7 @@ class Trainer:
         self.run_dir = config.run_dir
         self.train_set, self.bank_set, self.test_set = datasets or build_datasets(config)
         self.eval_image_size = config.eval.image_size or config.data.image_size
+        self.eval_precision = resolve_precision(config.eval.precision, self.device).name
         self.noise: NoiseControl | None = None
         if config.noise.active or config.noise.measure:
             self.noise = NoiseControl(config.noise, self.train_set, config.train.seed, self.dist.rank, self.device)
@@ -248,9 +249,9 @@ class Trainer:
         data = {
             "dataset": cfg.data.dataset, "root": cfg.data.root, "image_size": self.eval_image_size,
             "bank": cfg.eval.bank, "bank_size": len(self.bank_set), "test_subset": cfg.eval.test_subset,
-            "test_size": len(self.test_set), "subset_seed": SUBSET_SEED,
+            "test_size": len(self.test_set), "subset_seed": SUBSET_SEED, "feature_precision": self.eval_precision,
         }
-        data_text = (f"features at {self.eval_image_size} px; bank: {len(self.bank_set)} training images"
+        data_text = (f"features at {self.eval_image_size} px ({self.eval_precision}); bank: {len(self.bank_set)} training images"
                      f"{' (full training split)' if cfg.eval.bank == 'full_train' else ''}; test: {len(self.test_set)} "
                      f"images{' (fixed random sample)' if cfg.eval.test_subset else ''}")
         protocol = {"data": data_text, "knn": self.knn_protocol.describe()}
@@ -381,7 +382,7 @@ class Trainer:
             linear = ProbeConfig() if final and self.config.eval.linear else None
             return evaluate_backbone(self.model.backbone, self.bank_set, self.test_set, knn=self.knn_protocol,
                                      linear=linear, device=self.device, image_size=self.eval_image_size,
-                                     decoded=self._eval_images)
+                                     decoded=self._eval_images, precision=self.eval_precision)
 
     def _log(self, kind: str, metrics: dict[str, float]) -> None:
         """Every record's ``epoch`` counts completed epochs: fractional for training logs (``step / steps per

@@ -8,6 +8,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from auxssl.data.datasets import ImageDataset
+from auxssl.engine.precision import resolve_precision
 
 
 def normalise_images(images: Tensor, mean: tuple[float, ...], std: tuple[float, ...], size: int | None = None) -> Tensor:
@@ -30,22 +31,27 @@ def extract_features(
     image_size: int | None = None,
     images: Tensor | None = None,
     rows: np.ndarray | None = None,
+    precision: str = "auto",
 ) -> tuple[Tensor, Tensor]:
     """Pooled features ``(N, D)`` (float32, CPU) and labels ``(N,)`` of every decodable image of ``dataset``.
 
-    The backbone runs in eval mode (its mode is restored afterwards). Pass ``images``/``rows`` (from
-    `ImageDataset.to_uint8`) to avoid decoding the dataset again.
+    The backbone runs in eval mode (its mode is restored afterwards) on channels-last input, under autocast at
+    ``precision`` (``auto``: bf16 where native, as in training, else fp32; ``fp32``; ``bf16``). Pass
+    ``images``/``rows`` (from `ImageDataset.to_uint8`) to avoid decoding the dataset again.
     """
     if images is None:
         images, rows = dataset.to_uint8()
     assert rows is not None
+    autocast = resolve_precision(precision, torch.device(device)).autocast()
     was_training = backbone.training
     backbone.eval()
     try:
         chunks = []
         for start in range(0, len(images), batch_size):
             x = normalise_images(images[start : start + batch_size].to(device), dataset.mean, dataset.std, image_size)
-            chunks.append(backbone(x).float().cpu())
+            with autocast:
+                features = backbone(x.contiguous(memory_format=torch.channels_last))
+            chunks.append(features.float().cpu())
     finally:
         backbone.train(was_training)
     return torch.cat(chunks), torch.from_numpy(np.asarray(dataset.labels)[rows])

@@ -43,18 +43,20 @@ def evaluate_backbone(
     device: str | torch.device = "cpu",
     image_size: int | None = None,
     decoded: tuple[tuple[torch.Tensor, np.ndarray], tuple[torch.Tensor, np.ndarray]] | None = None,
+    precision: str = "auto",
 ) -> dict[str, float]:
     """Features of both splits extracted once (evaluation transform), then kNN and/or probes; accuracies in %.
 
     ``image_size``: the side the images are resized to before the backbone (None: as stored). Evaluate at the
     size the backbone was trained at: the same weights score very differently at another resolution.
     ``decoded``: the two splits' ``to_uint8()`` results, for callers that evaluate repeatedly (the trainer).
+    ``precision``: of the feature extraction (`extract_features`).
     """
     (train_images, train_rows), (test_images, test_rows) = decoded or (train.to_uint8(), test.to_uint8())
     train_x, train_y = extract_features(backbone, train, device=device, images=train_images, rows=train_rows,
-                                        image_size=image_size)
+                                        image_size=image_size, precision=precision)
     test_x, test_y = extract_features(backbone, test, device=device, images=test_images, rows=test_rows,
-                                      image_size=image_size)
+                                      image_size=image_size, precision=precision)
     results: dict[str, float] = {}
     if knn is not None:
         results.update(knn_evaluate(train_x, train_y, test_x, test_y, knn))
