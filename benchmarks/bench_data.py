@@ -20,6 +20,7 @@ from pathlib import Path
 import torch
 
 from bench_step import step_rate  # benchmarks/ is on sys.path when this script runs
+from machine import machine_info
 
 from auxssl.data import build_loader, cifar10_jpg, get_recipe
 from auxssl.data.loaders import ffcv_available
@@ -52,7 +53,7 @@ def main() -> None:
 
     dataset = cifar10_jpg("train")
     recipe = get_recipe("byol", 32)
-    results: dict[str, float | str | None] = {"device": args.device, "batch_size": args.batch_size}
+    results: dict[str, object] = {**machine_info(torch.device(args.device)), "batch_size": args.batch_size}
     backends = ["torchvision", "tensor"] + (["ffcv"] if ffcv_available() else [])
     with tempfile.TemporaryDirectory() as tmp:
         for backend in backends:
@@ -79,7 +80,7 @@ def main() -> None:
     if not args.no_step:
         bf16 = native_bf16(torch.device(args.device))
         precision = "bf16" if bf16 else "fp32"
-        step = step_rate(False, torch.bfloat16 if bf16 else None, args.step_batch_size, 2, torch.device(args.device))
+        step = step_rate("byol", torch.bfloat16 if bf16 else None, args.step_batch_size, 2, torch.device(args.device))
         results["train_step_img_s"] = round(step, 1)
         results["train_step_precision"] = precision
         results["ratio_best_vs_train_step"] = round(results[f"{best}_img_s"] / step, 2)
