@@ -1,12 +1,20 @@
-"""The ``auxssl`` command line: train, quickstart, eval, report, export."""
+"""The ``auxssl`` command line: train, quickstart, eval, report, export, configs.
+
+Expected errors (a config, file, dataset or checkpoint that cannot be used) are printed in one line,
+``auxssl: error: …``, with exit status 2; ``--debug`` shows their traceback. A pre-empted run (SIGTERM, SIGUSR1)
+exits with status 75 after checkpointing. Any other exception is a bug and keeps its traceback.
+"""
 
 from __future__ import annotations
 
 import argparse
 import json
+import logging
 import sys
 from collections.abc import Sequence
 from pathlib import Path
+
+EXIT_USAGE = 2
 
 
 def _report(args: argparse.Namespace) -> int:
@@ -27,28 +35,31 @@ def _eval(args: argparse.Namespace) -> int:
     from auxssl.eval.offline import evaluate_backbone, load_backbone
     from auxssl.eval.semisup import SemiSupervisedConfig, finetune_semisupervised
 
-    backbone = load_backbone(args.checkpoint, args.backbone, args.cifar_stem).to(args.device)
+    from auxssl.engine.precision import resolve_device
+
+    device = resolve_device(args.device)
+    backbone = load_backbone(args.checkpoint, args.backbone, args.cifar_stem, args.width).to(device)
     train = get_dataset(args.dataset, "train", args.root, args.download)
     test = get_dataset(args.dataset, "test", args.root, args.download)
     knn = KNNProtocol(args.k, args.temperature)
     linear = ProbeConfig(epochs=args.probe_epochs) if args.linear else None
     mlp = ProbeConfig(epochs=args.probe_epochs, hidden_dim=args.mlp_hidden) if args.mlp else None
     size = args.image_size or _stored_size(train)
-    results: dict = evaluate_backbone(backbone, train, test, knn=knn, linear=linear, mlp=mlp, device=args.device,
+    results: dict = evaluate_backbone(backbone, train, test, knn=knn, linear=linear, mlp=mlp, device=device,
                                       image_size=size)
     results["protocol"] = {"data": f"features at {size} px; bank: {len(train)} training images; test: {len(test)} images",
                            "knn": knn.describe(), **({"linear": linear.describe()} if linear else {}),
                            **({"mlp": mlp.describe()} if mlp else {})}
     semisup = {}
     for fraction in args.semisup:
-        out = finetune_semisupervised(backbone, train, test, SemiSupervisedConfig(fraction=fraction), args.device,
+        out = finetune_semisupervised(backbone, train, test, SemiSupervisedConfig(fraction=fraction), device,
                                       image_size=size)
         results.update({k: v for k, v in out.items() if "/" in k})
         results["protocol"]["semisup"] = out["protocol"]
         semisup[f"{100 * fraction:g}pct"] = {"config": out["config"], "subset_indices": out["subset_indices"]}
     results["checkpoint"] = str(args.checkpoint)
     results["config"] = {"backbone": args.backbone, "cifar_stem": args.cifar_stem, "dataset": args.dataset,
-                         "image_size": size, "knn": asdict(knn)}
+                         "image_size": size, "device": str(device), "knn": asdict(knn)}
     if semisup:
         results["semisup"] = semisup  # the labelled subsets, to reproduce or compare the fine-tuning
     text = json.dumps(results, indent=2)
@@ -73,8 +84,20 @@ def _train(args: argparse.Namespace) -> int:
     if args.output_dir:
         overrides.append(f"output_dir={args.output_dir}")
     config = load_config(args.config, overrides)
-    final = train(config, resume=args.resume)
+    final = train(config, resume=args.resume, init=args.init, allow_config_change=args.allow_config_change)
     print(json.dumps({"run_dir": str(config.run_dir), **final}))
+    return 0
+
+
+def _configs(args: argparse.Namespace) -> int:
+    import yaml
+
+    from auxssl.config import shipped_configs
+
+    for name, path in shipped_configs().items():
+        first = path.read_text().splitlines()[0].lstrip("# ") if path.read_text().startswith("#") else ""
+        data = yaml.safe_load(path.read_text())
+        print(f"{name:30s} {data['model']['method']:13s} {first}")
     return 0
 
 
@@ -116,27 +139,60 @@ def _export(args: argparse.Namespace) -> int:
     if "backbone" not in state:
         raise ValueError(f"{path} is not an auxssl training checkpoint (no 'backbone' entry)")
     torch.save(state["backbone"], args.out)
-    model = state.get("config", {}).get("model", {})
     print(f"exported the backbone of {path} to {args.out}")
-    if model:
-        stem = ("m.conv1 = torch.nn.Conv2d(3, 64, 3, 1, 1, bias=False); m.maxpool = torch.nn.Identity(); "
-                if model.get("cifar_stem") and model.get("backbone", "").startswith("resnet") else "")
-        print(f"load it with: m = torchvision.models.{model['backbone']}(); {stem}m.fc = torch.nn.Identity(); "
-              f"m.load_state_dict(torch.load({str(args.out)!r}))")
+    for line in loading_lines(state.get("config", {}).get("model", {}), str(args.out)):
+        print(f"load it with: {line}")
     return 0
 
 
+def loading_lines(model: dict, path: str) -> list[str]:
+    """Python lines that rebuild an exported backbone and load its weights: with auxssl for every backbone, and
+    with torchvision alone for the torchvision architectures (standard width)."""
+    if not model:
+        return []
+    load = f"m.load_state_dict(torch.load({path!r}, weights_only=True))"
+    args = [repr(model["backbone"])]
+    if model.get("cifar_stem") and not model["backbone"].startswith("timm:"):
+        args.append("cifar_stem=True")
+    if model.get("width", 64) != 64:
+        args.append(f"width={model['width']}")
+    if model.get("backbone_args"):
+        args.append(f"options={model['backbone_args']!r}")
+    lines = [f"import torch; from baselines import build_backbone; m = build_backbone({', '.join(args)}); {load}"]
+    import torchvision
+
+    if hasattr(torchvision.models, model["backbone"]) and model.get("width", 64) == 64:
+        stem = ("m.conv1 = torch.nn.Conv2d(3, 64, 3, 1, 1, bias=False); m.maxpool = torch.nn.Identity(); "
+                if model.get("cifar_stem") else "")
+        lines.append(f"import torch, torchvision; m = torchvision.models.{model['backbone']}(); {stem}"
+                     f"m.fc = torch.nn.Identity(); {load}")
+    return lines
+
+
 def build_parser() -> argparse.ArgumentParser:
+    from auxssl import __version__
+
     parser = argparse.ArgumentParser(prog="auxssl", description="Auxiliary tasks for faster self-supervised learning.")
+    parser.add_argument("--version", action="version", version=f"auxssl {__version__}")
+    parser.add_argument("--debug", action="store_true", help="show the traceback of expected errors too")
     commands = parser.add_subparsers(dest="command", required=True)
 
     tr = commands.add_parser("train", help="train one run from a YAML config")
-    tr.add_argument("config", help="YAML config (see experiments/configs/)")
-    tr.add_argument("--set", action="append", metavar="KEY=VALUE", help="override a config value, e.g. train.epochs=5")
-    tr.add_argument("--resume", action="store_true", help="continue the run from its last checkpoint")
+    tr.add_argument("config", help="YAML file, or the name of a shipped config (auxssl configs)")
+    tr.add_argument("--set", action="append", metavar="KEY=VALUE",
+                    help="override a config value, e.g. train.epochs=5 or tasks.0.weight=0.2")
+    tr.add_argument("--resume", nargs="?", const=True, default=False, metavar="CHECKPOINT",
+                    help="continue the run from its last checkpoint (or from CHECKPOINT); a finished run prints its "
+                         "final evaluation without training")
+    tr.add_argument("--allow-config-change", action="store_true",
+                    help="resume even though the settings differ from the run's own (the differences are logged)")
+    tr.add_argument("--init", metavar="WEIGHTS", help="start a new run from backbone weights (auxssl export output)")
     tr.add_argument("--name", help="run name (default: the config's)")
     tr.add_argument("--output-dir", help="parent folder of the run directory")
     tr.set_defaults(func=_train)
+
+    cf = commands.add_parser("configs", help="list the shipped configs (usable by name in auxssl train)")
+    cf.set_defaults(func=_configs)
 
     qs = commands.add_parser("quickstart", help="offline demo: base method vs + rotation on digits, then the report")
     qs.add_argument("--method", default="simclr")
@@ -161,8 +217,11 @@ def build_parser() -> argparse.ArgumentParser:
 
     ev = commands.add_parser("eval", help="offline kNN / linear / MLP / semi-supervised evaluation of a checkpoint")
     ev.add_argument("checkpoint", help="backbone state_dict (auxssl export) or training checkpoint")
-    ev.add_argument("--backbone", default="resnet18")
-    ev.add_argument("--cifar-stem", action=argparse.BooleanOptionalAction, default=True)
+    ev.add_argument("--backbone", default=None,
+                    help="architecture (default: the training checkpoint's, else resnet18); timm:<model> for timm")
+    ev.add_argument("--cifar-stem", action=argparse.BooleanOptionalAction, default=None,
+                    help="CIFAR stem (default: the checkpoint's, else on)")
+    ev.add_argument("--width", type=int, default=None, help="ResNet width (default: the checkpoint's, else 64)")
     ev.add_argument("--dataset", default="cifar10_jpg")
     ev.add_argument("--root", help="dataset root (folder datasets, torchvision datasets, archive path)")
     ev.add_argument("--download", action="store_true", help="allow torchvision to download the dataset")
@@ -176,15 +235,28 @@ def build_parser() -> argparse.ArgumentParser:
     ev.add_argument("--image-size", type=int, default=None,
                     help="resize images to this side before the backbone: use the training resolution "
                          "(data.image_size); default: the dataset's stored size")
-    ev.add_argument("--device", default="cpu")
+    ev.add_argument("--device", default="auto", help="auto (CUDA when available) | cpu | cuda | cuda:N")
     ev.add_argument("--out", help="write the results JSON here too")
     ev.set_defaults(func=_eval)
     return parser
 
 
 def main(argv: Sequence[str] | None = None) -> int:
+    from auxssl.engine.preemption import Preempted
+    from auxssl.errors import UserError
+
     args = build_parser().parse_args(argv)
-    return args.func(args)
+    logging.basicConfig(level=logging.INFO, format="auxssl: %(message)s")  # resume and other notices reach the console
+    try:
+        return args.func(args)
+    except Preempted as stop:
+        print(f"auxssl: {stop}", file=sys.stderr)
+        return stop.exit_code
+    except (UserError, FileNotFoundError, FileExistsError) as err:
+        if args.debug:
+            raise
+        print(f"auxssl: error: {err}", file=sys.stderr)
+        return EXIT_USAGE
 
 
 if __name__ == "__main__":

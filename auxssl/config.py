@@ -16,8 +16,10 @@ from typing import Any
 
 import yaml
 
+from auxssl.errors import InputError
 
-class ConfigError(ValueError):
+
+class ConfigError(InputError):
     """A configuration that cannot be used: unknown key, wrong type or invalid value."""
 
 
@@ -40,6 +42,7 @@ class ModelConfig:
     backbone: str = "resnet18"
     cifar_stem: bool = True
     width: int = 64  # ResNets: channels of the first stage (standard: 64); 32 or 16 for cheap CPU runs
+    backbone_args: dict[str, Any] = field(default_factory=dict)  # timm backbones: timm.create_model options
     method: str = "byol"  # see baselines.METHODS
     method_args: dict[str, Any] = field(default_factory=dict)  # keyword arguments of the method class
 
@@ -74,16 +77,16 @@ class TrainConfig:
     compile: bool = False
     activation_checkpointing: bool = False
     deterministic: bool = False
-    log_every_steps: int = 20
+    log_every_steps: int = 20  # at least 1 (a record is also written at every epoch end)
     checkpoint_every_steps: int = 0  # 0: only at epoch ends
-    checkpoint_every_epochs: int = 1
+    checkpoint_every_epochs: int = 1  # 0: no periodic epoch-end checkpoints; the final one is always written
     collapse_threshold: float = 0.2  # warn when stat/z_std · sqrt(dim) falls below this
     progress: bool = True
 
 
 @dataclass
 class EvalConfig:
-    every_epochs: int = 5
+    every_epochs: int = 5  # evaluate every N epochs and after the last; 0: never evaluate
     test_subset: int | None = None  # evaluate on a fixed random sample of N test images (quick runs); None: all
     image_size: int | None = None  # side at which features are extracted; None: data.image_size (the training size)
     precision: str = "auto"  # feature extraction: auto (bf16 where native, else fp32) | fp32 | bf16
@@ -92,6 +95,16 @@ class EvalConfig:
     knn_temperature: float = 0.1
     linear: bool = False  # offline linear probe at the final evaluation
     online_linear: bool = False  # online linear probe on detached features (needs revealed labels)
+
+
+@dataclass
+class LoggingConfig:
+    """Metric sinks besides metrics.jsonl (always written); each enabled explicitly."""
+
+    tensorboard: bool = False  # RUN/tensorboard (needs the tensorboard extra)
+    wandb: bool = False  # Weights & Biases (needs the wandb extra); a resumed run continues the same W&B run
+    wandb_project: str = "auxssl"
+    wandb_entity: str | None = None
 
 
 @dataclass
@@ -128,6 +141,7 @@ class RunConfig:
     train: TrainConfig = field(default_factory=TrainConfig)
     eval: EvalConfig = field(default_factory=EvalConfig)
     noise: NoiseConfig = field(default_factory=NoiseConfig)
+    logging: LoggingConfig = field(default_factory=LoggingConfig)
 
     @property
     def run_dir(self) -> Path:
@@ -211,30 +225,74 @@ def to_dict(config: Any) -> dict[str, Any]:
     return convert(dataclasses.asdict(config))
 
 
+def _parse_value(raw: str, item: str) -> Any:
+    try:
+        return yaml.safe_load(raw)
+    except yaml.YAMLError as err:
+        raise ConfigError(f"override {item!r}: the value is not valid YAML ({str(err).splitlines()[0]})") from None
+
+
 def apply_overrides(data: dict[str, Any], overrides: list[str]) -> dict[str, Any]:
-    """Apply ``a.b.c=value`` overrides (values parsed as YAML) to a nested mapping."""
+    """Apply ``a.b.c=value`` overrides (values parsed as YAML) to a nested mapping; a number indexes a list, e.g.
+    ``tasks.0.weight=0.2``."""
     for item in overrides:
         if "=" not in item:
             raise ConfigError(f"override {item!r} must look like key.subkey=value")
         dotted, raw = item.split("=", 1)
-        node = data
+        node: Any = data
         parts = dotted.split(".")
-        for part in parts[:-1]:
-            node = node.setdefault(part, {})
-            if not isinstance(node, dict):
-                raise ConfigError(f"override {item!r}: {part!r} is not a section")
-        node[parts[-1]] = yaml.safe_load(raw)
+        for depth, part in enumerate(parts):
+            last = depth == len(parts) - 1
+            where = ".".join(parts[: depth + 1])
+            if isinstance(node, list):
+                if not part.isdigit() or int(part) >= len(node):
+                    raise ConfigError(f"override {item!r}: {where} is not an index of a list of {len(node)} items")
+                if last:
+                    node[int(part)] = _parse_value(raw, item)
+                else:
+                    node = node[int(part)]
+            elif isinstance(node, dict):
+                if last:
+                    node[part] = _parse_value(raw, item)
+                else:
+                    node = node.setdefault(part, {})
+            else:
+                raise ConfigError(f"override {item!r}: {'.'.join(parts[:depth])} is a value, not a section")
     return data
+
+
+def shipped_configs() -> dict[str, Path]:
+    """The configs that ship with the package (``auxssl/configs/*.yaml``), by name."""
+    folder = Path(__file__).parent / "configs"
+    return {p.stem: p for p in sorted(folder.glob("*.yaml"))}
+
+
+def resolve_config_path(name_or_path: str | Path) -> Path:
+    """A config file: an existing path, else a shipped config's name (``byol_rotation_cifar10``)."""
+    path = Path(name_or_path)
+    if path.is_file():
+        return path
+    shipped = shipped_configs()
+    if str(name_or_path) in shipped:
+        return shipped[str(name_or_path)]
+    close = difflib.get_close_matches(str(name_or_path), list(shipped), n=1)
+    hint = f"; did you mean {close[0]!r}?" if close else " (auxssl configs lists the shipped ones)"
+    raise ConfigError(f"config {str(name_or_path)!r} does not exist: neither a file nor a shipped config{hint}")
 
 
 def load_config(path: str | Path | None = None, overrides: list[str] | None = None) -> RunConfig:
     """Read a YAML config (or the defaults), apply overrides, validate everything."""
     data: dict[str, Any] = {}
     if path is not None:
-        path = Path(path)
-        if not path.is_file():
-            raise ConfigError(f"config file {path} does not exist")
-        data = yaml.safe_load(path.read_text()) or {}
+        path = resolve_config_path(path)
+        try:
+            data = yaml.safe_load(path.read_text()) or {}
+        except yaml.MarkedYAMLError as err:
+            mark = err.problem_mark
+            line = f"{path}:{mark.line + 1}:{mark.column + 1}" if mark is not None else str(path)
+            raise ConfigError(f"{line}: YAML syntax error: {err.problem or err}") from None
+        except yaml.YAMLError as err:
+            raise ConfigError(f"{path}: YAML syntax error: {err}") from None
     data = apply_overrides(data, overrides or [])
     config = from_dict(RunConfig, data)
     validate(config)
@@ -244,18 +302,20 @@ def load_config(path: str | Path | None = None, overrides: list[str] | None = No
 def validate(config: RunConfig) -> None:
     from auxssl.data import BACKENDS, DATASETS, RECIPES
     from baselines import BACKBONES, METHODS
+    from baselines.backbones import TIMM_PREFIX
 
     choices = {
         "data.dataset": (config.data.dataset, DATASETS),
         "data.backend": (config.data.backend, BACKENDS),
         "data.recipe": (config.data.recipe, tuple(RECIPES)),
-        "model.backbone": (config.model.backbone, BACKBONES),
         "model.method": (config.model.method, tuple(METHODS)),
         "optim.name": (config.optim.name, ("sgd", "lars", "adamw")),
         "train.precision": (config.train.precision, ("auto", "fp32", "bf16", "fp16")),
         "eval.bank": (config.eval.bank, ("train", "full_train")),
         "eval.precision": (config.eval.precision, ("auto", "fp32", "bf16")),
     }
+    if not config.model.backbone.startswith(TIMM_PREFIX):
+        choices["model.backbone"] = (config.model.backbone, BACKBONES + (TIMM_PREFIX + "<timm model>",))
     for i, task in enumerate(config.tasks):
         choices[f"tasks[{i}].name"] = (task.name, ("rotation", "jigsaw"))
     for key, (value, valid) in choices.items():
@@ -265,7 +325,27 @@ def validate(config: RunConfig) -> None:
             raise ConfigError(f"{key}={value!r} is not one of {', '.join(valid)}{hint}")
     if config.train.epochs <= 0 or config.data.batch_size <= 1:
         raise ConfigError("train.epochs must be positive and data.batch_size at least 2")
+    minimum = {"train.log_every_steps": (config.train.log_every_steps, 1),
+               "train.checkpoint_every_steps": (config.train.checkpoint_every_steps, 0),
+               "train.checkpoint_every_epochs": (config.train.checkpoint_every_epochs, 0),
+               "eval.every_epochs": (config.eval.every_epochs, 0)}
+    for key, (value, least) in minimum.items():
+        if value < least:
+            raise ConfigError(f"{key}={value} must be at least {least}" + (" (0 means never)" if least == 0 else ""))
+    validate_views(config)
     validate_noise(config)
+
+
+def validate_views(config: RunConfig) -> None:
+    """The method must accept the number of views the recipe makes (e.g. BYOL takes exactly two)."""
+    from auxssl.data import get_recipe
+    from baselines import METHODS
+
+    wanted = getattr(METHODS[config.model.method], "num_views", None)
+    made = len(get_recipe(config.data.recipe, config.data.image_size).views)
+    if wanted is not None and wanted != made:
+        raise ConfigError(f"model.method={config.model.method!r} takes {wanted} views per image but "
+                          f"data.recipe={config.data.recipe!r} makes {made}; choose a {wanted}-view recipe")
 
 
 def validate_noise(config: RunConfig) -> None:

@@ -16,7 +16,8 @@
 #   EVAL_EVERY   kNN evaluation period in epochs  (default: EPOCHS/10, at least 1)
 #   OUT          output folder                    (default: runs/cifar_grid)
 #   EXTRA        further --set overrides, e.g. "train.precision=fp32 data.backend=torchvision"
-# Runs that already finished are skipped; interrupted ones resume from their last checkpoint.
+# An existing run is resumed from its last checkpoint (a finished one only prints its results); if its settings differ
+# from the ones asked for (e.g. other EPOCHS), auxssl refuses rather than relabel it: use another OUT.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -33,7 +34,7 @@ config_set=${DATASET/cifar10_jpg/cifar10}
 for method in $METHODS; do
   for variant in "" "_rotation"; do
     for seed in $SEEDS; do
-      config="experiments/configs/${method}${variant}_${config_set}.yaml"
+      config="${method}${variant}_${config_set}"  # a shipped config (auxssl/configs/), by name
       name="${method}${variant}-s${seed}"
       sets=(--set "data.dataset=${DATASET}" --set "train.epochs=${EPOCHS}" --set "train.seed=${seed}"
             --set "train.device=${DEVICE}" --set "data.batch_size=${BATCH}" --set "eval.every_epochs=${EVAL_EVERY}"
@@ -41,14 +42,10 @@ for method in $METHODS; do
       [ -n "${SUBSET:-}" ] && sets+=(--set "data.train_subset=${SUBSET}")
       [ -n "${TEST_SUBSET:-}" ] && sets+=(--set "eval.test_subset=${TEST_SUBSET}")
       for extra in ${EXTRA:-}; do sets+=(--set "$extra"); done
-      if [ -f "${OUT}/${name}/checkpoints/.done" ]; then
-        echo "== ${name}: done, skipped"; continue
-      fi
       resume=()
       [ -f "${OUT}/${name}/run.json" ] && resume=(--resume)
       echo "== ${name} (${config})"
       python -m auxssl train "$config" --name "$name" --output-dir "$OUT" "${sets[@]}" "${resume[@]}"
-      touch "${OUT}/${name}/checkpoints/.done"
     done
   done
 done

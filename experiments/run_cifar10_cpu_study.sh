@@ -12,7 +12,8 @@
 #   simclr              SimCLR
 #   simclr_rotation     SimCLR + rotation prediction
 # Knobs: ARMS, SEEDS (default "0 1" for the BYOL pair, "0" for the others), OUT (runs), RESULTS, EXTRA (--set ...).
-# Interrupted runs resume from their last checkpoint; finished runs are not retrained.
+# Interrupted runs resume from their last checkpoint; finished runs are not retrained (auxssl prints their results) and
+# a run whose settings differ from the ones asked for is refused, never relabelled.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 

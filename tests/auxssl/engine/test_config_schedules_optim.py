@@ -44,13 +44,42 @@ def test_overrides_and_round_trip(tmp_path) -> None:
     assert load_config() == RunConfig()
 
 
-def test_every_shipped_config_is_valid() -> None:
+def test_every_shipped_and_experiment_config_is_valid_and_shipped_ones_load_by_name() -> None:
     from pathlib import Path
 
-    configs = sorted((Path(__file__).parents[3] / "experiments" / "configs").glob("*.yaml"))
-    assert len(configs) >= 14
-    for path in configs:
+    from auxssl.config import shipped_configs
+
+    shipped = shipped_configs()
+    assert len(shipped) == 28 and "byol_rotation_cifar10" in shipped
+    for name in shipped:
+        assert load_config(name).model.method  # by name, from the package
+    for path in sorted((Path(__file__).parents[3] / "experiments" / "configs").glob("*.yaml")):
         load_config(path)
+    with pytest.raises(ConfigError, match="did you mean .byol_rotation_cifar10."):
+        load_config("byol_rotaton_cifar10")
+
+
+def test_list_indices_in_overrides_and_readable_yaml_errors(tmp_path) -> None:
+    config = load_config("byol_rotation_cifar10", ["tasks.0.weight=0.2", "tasks.0.args={size: 16}"])
+    assert config.tasks[0].weight == 0.2 and config.tasks[0].args == {"size": 16}
+    with pytest.raises(ConfigError, match="not an index"):
+        load_config("byol_rotation_cifar10", ["tasks.1.weight=0.2"])
+    broken = tmp_path / "broken.yaml"
+    broken.write_text("train:\n  epochs: 3\n  seed: [0\n")
+    with pytest.raises(ConfigError, match=r"broken.yaml:\d+:\d+: YAML syntax error"):
+        load_config(broken)
+
+
+@pytest.mark.parametrize(
+    ("override", "message"),
+    [("train.log_every_steps=0", "log_every_steps=0 must be at least 1"),
+     ("train.checkpoint_every_epochs=-1", "at least 0"),
+     ("eval.every_epochs=-2", "0 means never"),
+     ("data.recipe=swav_multicrop", "takes 2 views per image")],
+)
+def test_unusable_settings_are_refused_when_the_config_is_loaded(override: str, message: str) -> None:
+    with pytest.raises(ConfigError, match=message):
+        load_config(None, ["model.method=byol", override])
 
 
 def test_warmup_cosine_matches_formula() -> None:
