@@ -8,6 +8,7 @@ stored as ``backbone.feature_dim``; `feature_dim` discovers it for any other mod
 from __future__ import annotations
 
 from collections.abc import Callable
+from typing import Any
 
 import torch
 from torch import nn
@@ -64,17 +65,28 @@ def _set_resnet_width(net: models.ResNet, width: int, zero_init_residual: bool) 
                 nn.init.zeros_(m.bn2.weight)
 
 
-def build_backbone(name: str, cifar_stem: bool = False, zero_init_residual: bool = False, width: int = 64) -> nn.Module:
+def build_backbone(name: str, cifar_stem: bool = False, zero_init_residual: bool = False, width: int = 64,
+                   options: dict[str, Any] | None = None) -> nn.Module:
     """Build a randomly initialised backbone by name.
 
     Args:
-        name: one of `BACKBONES` (ResNet-10/18/34/50/101, RegNetY 400MF … 128GF as in SEER).
+        name: one of `BACKBONES` (ResNet-10/18/34/50/101, RegNetY 400MF … 128GF as in SEER), or ``timm:<model>``
+            for any `timm` model (optional extra ``auxssl[timm]``), e.g. ``timm:vit_tiny_patch16_224`` with
+            ``options={"img_size": 32, "patch_size": 4}``.
         cifar_stem: replace the ResNet stem by a 3×3 stride-1 convolution without max-pool, the usual
             CIFAR variant (He et al. 2016; SimCLR appendix B.9). Only defined for ResNets.
         zero_init_residual: zero-initialise the last BN of each residual block (Goyal et al. 2017).
         width: ResNets only: channels of the first stage (64 in the standard ResNets; each stage doubles it).
             Narrower ResNets (32, 16) make CPU studies and quick runs cheap (FLOPs scale with width²).
+        options: keyword arguments of ``timm.create_model`` (timm backbones only).
     """
+    if name.startswith(TIMM_PREFIX):
+        if cifar_stem or width != 64 or zero_init_residual:
+            raise ValueError("cifar_stem, width and zero_init_residual apply to the built-in ResNets, not to timm "
+                             f"models ({name}); set model.cifar_stem=false and pass timm's own options")
+        return _timm_backbone(name[len(TIMM_PREFIX):], options or {})
+    if options:
+        raise ValueError(f"options are for timm backbones; {name!r} takes none")
     if name in _RESNETS:
         kwargs = {} if name == "resnet10" else {"weights": None}
         net: nn.Module = _RESNETS[name](zero_init_residual=zero_init_residual, **kwargs)
@@ -101,6 +113,20 @@ def build_backbone(name: str, cifar_stem: bool = False, zero_init_residual: bool
     dim = net.fc.in_features
     net.fc = nn.Identity()
     net.feature_dim = dim
+    return net
+
+
+TIMM_PREFIX = "timm:"
+
+
+def _timm_backbone(model_name: str, options: dict[str, Any]) -> nn.Module:
+    """A timm model without its classifier (``num_classes=0``: pooled features), randomly initialised."""
+    try:
+        import timm
+    except ImportError as err:
+        raise ImportError(f'backbone timm:{model_name} needs timm: pip install -e ".[timm]"') from err
+    net = timm.create_model(model_name, pretrained=False, num_classes=0, **options)
+    net.feature_dim = int(net.num_features)
     return net
 
 

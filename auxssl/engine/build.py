@@ -12,6 +12,7 @@ from auxssl.config import RunConfig
 from auxssl.data import build_loader, get_dataset, get_recipe, reveal_labels
 from auxssl.data.datasets import ImageDataset, ImageSubset
 from auxssl.data.loaders import MultiViewLoader, derive_seed
+from auxssl.errors import InputError
 from auxssl.noise.control import NoiseControl
 from auxssl.tasks import JigsawPrediction, RotationPrediction
 from auxssl.wrapper import AuxWrapper
@@ -56,11 +57,15 @@ def build_datasets(config: RunConfig) -> RunDatasets:
 
 def build_model(config: RunConfig) -> nn.Module:
     """The base method on its backbone, wrapped with the configured auxiliary tasks (if any)."""
-    backbone = build_backbone(config.model.backbone, cifar_stem=config.model.cifar_stem, width=config.model.width)
+    try:
+        backbone = build_backbone(config.model.backbone, cifar_stem=config.model.cifar_stem, width=config.model.width,
+                                  options=config.model.backbone_args)
+    except (ValueError, ImportError) as err:
+        raise InputError(f"model.backbone={config.model.backbone}: {err}") from err
     try:
         method = METHODS[config.model.method](backbone, **config.model.method_args)
     except TypeError as err:
-        raise ValueError(f"model.method_args do not fit {config.model.method}: {err}") from err
+        raise InputError(f"model.method_args do not fit {config.model.method}: {err}") from err
     if not config.tasks:
         return method
     tasks = []
@@ -68,7 +73,7 @@ def build_model(config: RunConfig) -> nn.Module:
         try:
             tasks.append(TASKS[task.name](weight=task.weight, **task.args))
         except TypeError as err:
-            raise ValueError(f"tasks: args do not fit {task.name}: {err}") from err
+            raise InputError(f"tasks: args do not fit {task.name}: {err}") from err
     return AuxWrapper(method, tasks)
 
 
@@ -90,7 +95,7 @@ def build_train_loader(
     labels = reveal_labels(train.labels, data.reveal_labels, config.train.seed) if data.reveal_labels > 0 else None
     if world_size > 1:
         if data.batch_size % world_size:
-            raise ValueError(f"data.batch_size={data.batch_size} must be divisible by the {world_size} processes")
+            raise InputError(f"data.batch_size={data.batch_size} must be divisible by the {world_size} processes")
         shard = np.arange(rank, len(train), world_size)
         train = ImageSubset(train, shard)
         labels = None if labels is None else labels[shard]
