@@ -23,6 +23,8 @@ import torch
 from PIL import Image, UnidentifiedImageError
 from torch.utils.data import Dataset
 
+from auxssl.errors import InputError
+
 logger = logging.getLogger(__name__)
 
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".ppm", ".tif", ".tiff", ".webp")
@@ -108,10 +110,10 @@ def _as_array(image: Image.Image, size: int | None) -> np.ndarray:
 
 def _stack(images: Sequence[np.ndarray], size: int | None) -> torch.Tensor:
     if not images:
-        raise ValueError("no decodable image in the dataset")
+        raise InputError("no decodable image in the dataset")
     shapes = {a.shape for a in images}
     if len(shapes) > 1:
-        raise ValueError(f"images have different sizes {sorted(shapes)[:3]}…; pass size= to resize them")
+        raise InputError(f"images have different sizes {sorted(shapes)[:3]}…; pass size= to resize them")
     return torch.from_numpy(np.stack(images)).permute(0, 3, 1, 2).contiguous()
 
 
@@ -128,9 +130,9 @@ class ArrayDataset(ImageDataset):
         std: tuple[float, float, float] = IMAGENET_STD,
     ) -> None:
         if images.ndim != 4 or images.shape[-1] != 3 or images.dtype != np.uint8:
-            raise ValueError(f"images must be uint8 (N, H, W, 3), got {images.dtype} {images.shape}")
+            raise InputError(f"images must be uint8 (N, H, W, 3), got {images.dtype} {images.shape}")
         if len(images) != len(labels):
-            raise ValueError(f"{len(images)} images but {len(labels)} labels")
+            raise InputError(f"{len(images)} images but {len(labels)} labels")
         self.images = images
         self.labels = np.asarray(labels, dtype=np.int64)
         self.classes = list(classes)
@@ -179,7 +181,7 @@ class FolderDataset(ImageDataset):
             labelled = depths == {2}
         if labelled:
             if depths != {2}:
-                raise ValueError(f"ImageFolder layout needs every image in {self.root}/<class>/; found other depths")
+                raise InputError(f"ImageFolder layout needs every image in {self.root}/<class>/; found other depths")
             self.classes = sorted({p.parent.name for p in files})
             to_label = {c: k for k, c in enumerate(self.classes)}
             self.labels = np.array([to_label[p.parent.name] for p in files], dtype=np.int64)
@@ -280,14 +282,14 @@ def torchvision_dataset(name: str, root: str | Path, split: str = "train", downl
         "stl10": "stl10_binary/ (from stl10_binary.tar.gz)",
     }
     if name not in expected:
-        raise ValueError(f"unknown torchvision dataset {name!r}; choose one of {sorted(expected)}")
+        raise InputError(f"unknown torchvision dataset {name!r}; choose one of {sorted(expected)}")
     try:
         if name == "stl10":
             ds = datasets.STL10(str(root), split=split, download=download)
             images, labels = ds.data.transpose(0, 2, 3, 1), ds.labels
         else:
             if split not in ("train", "test"):
-                raise ValueError(f"{name} has splits 'train' and 'test', not {split!r}")
+                raise InputError(f"{name} has splits 'train' and 'test', not {split!r}")
             cls = datasets.CIFAR10 if name == "cifar10" else datasets.CIFAR100
             ds = cls(str(root), train=split == "train", download=download)
             images, labels = ds.data, ds.targets
@@ -337,7 +339,7 @@ def extract_archive(archive: str | Path, cache_dir: str | Path | None = None) ->
 def cifar10_jpg(split: str = "train", archive: str | Path | None = None, cache_dir: str | Path | None = None) -> FolderDataset:
     """The real CIFAR-10 as JPEGs in ImageFolder layout (the project's shared archive), extracted once."""
     if split not in ("train", "test"):
-        raise ValueError(f"cifar10_jpg has splits 'train' and 'test', not {split!r}")
+        raise InputError(f"cifar10_jpg has splits 'train' and 'test', not {split!r}")
     archive = Path(archive) if archive else find_shared_cifar10_archive()
     if archive is None:
         raise FileNotFoundError(
@@ -358,7 +360,7 @@ def digits(split: str = "train", size: int = 32, test_fraction: float = 0.2) -> 
     from sklearn.model_selection import train_test_split
 
     if split not in ("train", "test"):
-        raise ValueError(f"digits has splits 'train' and 'test', not {split!r}")
+        raise InputError(f"digits has splits 'train' and 'test', not {split!r}")
     bunch = load_digits()
     pixels = torch.from_numpy(bunch.images).float()[:, None] * (255.0 / 16.0)
     pixels = torch.nn.functional.interpolate(pixels, size=(size, size), mode="bilinear", align_corners=False)
@@ -388,7 +390,7 @@ def get_dataset(
         return digits(split)
     if name == "folder":
         if root is None:
-            raise ValueError("the folder dataset needs root=<path to the images>")
+            raise InputError("the folder dataset needs root=<path to the images>")
         split_root = Path(root) / split
         return FolderDataset(split_root if split_root.is_dir() else root)
-    raise ValueError(f"unknown dataset {name!r}; choose one of {', '.join(DATASETS)}")
+    raise InputError(f"unknown dataset {name!r}; choose one of {', '.join(DATASETS)}")

@@ -1,8 +1,14 @@
-"""Full-state checkpoints, written atomically (temporary file, fsync, rename): a crash never leaves a partial file."""
+"""Full-state checkpoints, written atomically (temporary file, fsync, rename): a crash never leaves a partial file.
+
+Every piece of state is stored as tensors, numbers, strings, lists and dicts, so checkpoints load with
+``torch.load(weights_only=True)``, which never runs code from the file; a checkpoint holding any other pickled
+object is refused (`UnsafeCheckpointError`).
+"""
 
 from __future__ import annotations
 
 import os
+import pickle
 import random
 import re
 from pathlib import Path
@@ -11,12 +17,26 @@ from typing import Any
 import numpy as np
 import torch
 
+from auxssl.errors import InputError
+
 CHECKPOINT_DIR = "checkpoints"
 _NAME = re.compile(r"step-(\d+)\.pt$")
 
 
+class UnsafeCheckpointError(InputError):
+    """A checkpoint that cannot be loaded without running code from it (or is not a checkpoint at all)."""
+
+
 def rng_state() -> dict[str, Any]:
-    state = {"torch": torch.get_rng_state(), "numpy": np.random.get_state(), "python": random.getstate()}
+    """Every generator's state as tensors and numbers (readable with ``weights_only=True``)."""
+    kind, keys, pos, has_gauss, cached_gaussian = np.random.get_state()
+    version, mt_state, gauss_next = random.getstate()
+    state: dict[str, Any] = {
+        "torch": torch.get_rng_state(),
+        "numpy": {"kind": kind, "keys": torch.from_numpy(keys.astype(np.int64)), "pos": int(pos),
+                  "has_gauss": int(has_gauss), "cached_gaussian": float(cached_gaussian)},
+        "python": {"version": version, "state": torch.tensor(mt_state, dtype=torch.int64), "gauss_next": gauss_next},
+    }
     if torch.cuda.is_available():
         state["cuda"] = torch.cuda.get_rng_state_all()
     return state
@@ -24,25 +44,40 @@ def rng_state() -> dict[str, Any]:
 
 def set_rng_state(state: dict[str, Any]) -> None:
     torch.set_rng_state(state["torch"])
-    np.random.set_state(state["numpy"])
-    random.setstate(state["python"])
+    numpy = state["numpy"]
+    np.random.set_state((numpy["kind"], numpy["keys"].numpy().astype(np.uint32), numpy["pos"], numpy["has_gauss"],
+                         numpy["cached_gaussian"]))
+    python = state["python"]
+    random.setstate((python["version"], tuple(int(v) for v in python["state"].tolist()), python["gauss_next"]))
     if "cuda" in state and torch.cuda.is_available():
         torch.cuda.set_rng_state_all(state["cuda"])
 
 
 def atomic_save(obj: Any, path: Path) -> None:
+    """Write ``obj`` to ``path`` through a temporary file that is removed on every exit path."""
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(f".{path.name}.tmp")
-    with tmp.open("wb") as f:
-        torch.save(obj, f)
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
+    try:
+        with tmp.open("wb") as f:
+            torch.save(obj, f)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    finally:
+        tmp.unlink(missing_ok=True)
     directory = os.open(path.parent, os.O_RDONLY)
     try:
         os.fsync(directory)
     finally:
         os.close(directory)
+
+
+def remove_partial_writes(run_dir: str | Path) -> list[Path]:
+    """Delete temporary files left by a checkpoint write that was killed (``kill -9``); returns them."""
+    leftovers = list((Path(run_dir) / CHECKPOINT_DIR).glob(".*.tmp"))
+    for path in leftovers:
+        path.unlink(missing_ok=True)
+    return leftovers
 
 
 def checkpoint_path(run_dir: Path, step: int) -> Path:
@@ -65,4 +100,17 @@ def prune_checkpoints(run_dir: str | Path, keep: int = 2) -> None:
 
 
 def load_checkpoint(path: str | Path) -> dict[str, Any]:
-    return torch.load(path, map_location="cpu", weights_only=False)
+    """A checkpoint's state, loaded with ``weights_only=True``: tensors, numbers, strings, lists and dicts only."""
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"checkpoint {path} does not exist")
+    try:
+        return torch.load(path, map_location="cpu", weights_only=True)
+    except pickle.UnpicklingError as err:
+        raise UnsafeCheckpointError(
+            f"refusing to load {path}: it holds pickled objects other than tensors, numbers, strings, lists and "
+            f"dicts, which could run code when loaded (auxssl never writes such checkpoints). Detail: "
+            f"{str(err).splitlines()[0]}"
+        ) from err
+    except (RuntimeError, EOFError) as err:
+        raise UnsafeCheckpointError(f"{path} is not a readable checkpoint (truncated or another format): {err}") from err

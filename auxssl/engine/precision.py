@@ -7,13 +7,15 @@ from dataclasses import dataclass
 
 import torch
 
+from auxssl.errors import InputError
+
 
 def resolve_device(name: str) -> torch.device:
     if name == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
     device = torch.device(name)
     if device.type == "cuda" and not torch.cuda.is_available():
-        raise RuntimeError(f"device {name!r} requested but CUDA is not available")
+        raise InputError(f"device {name!r} requested but CUDA is not available")
     return device
 
 
@@ -60,6 +62,6 @@ def resolve_precision(name: str, device: torch.device) -> Precision:
         return Precision(torch.bfloat16, device.type)
     if name == "fp16":
         if device.type != "cuda":
-            raise ValueError("fp16 mixed precision needs CUDA; use bf16 or fp32 on CPU")
+            raise InputError("fp16 mixed precision needs CUDA; use bf16 or fp32 on CPU")
         return Precision(torch.float16, device.type)
-    raise ValueError(f"unknown precision {name!r}; choose auto, fp32, bf16 or fp16")
+    raise InputError(f"unknown precision {name!r}; choose auto, fp32, bf16 or fp16")

@@ -22,25 +22,37 @@ from torch import Tensor, nn
 from torch.nn.modules.batchnorm import _BatchNorm
 from torch.utils.checkpoint import checkpoint
 
-from auxssl.config import NoiseConfig, RunConfig, TaskConfig, save_config, to_dict
-from auxssl.engine.build import SUBSET_SEED, RunDatasets, build_datasets, build_model, build_train_loader, process_seed
+from auxssl.config import NoiseConfig, RunConfig, TaskConfig, load_config, save_config, to_dict
+from auxssl.engine.build import (
+    SUBSET_SEED,
+    RunDatasets,
+    build_datasets,
+    build_model,
+    build_train_loader,
+    process_seed,
+)
 from auxssl.engine.checkpoint import (
     atomic_save,
     checkpoint_path,
     find_last_checkpoint,
     load_checkpoint,
     prune_checkpoints,
+    remove_partial_writes,
     rng_state,
     set_rng_state,
 )
 from auxssl.engine.distributed import DistributedContext, convert_batchnorm, init_distributed, wrap_ddp
+from auxssl.engine.loggers import build_sinks
 from auxssl.engine.optim import build_optimizer
 from auxssl.engine.precision import resolve_device, resolve_precision
+from auxssl.engine.preemption import Preempted, PreemptionGuard
+from auxssl.engine.resume import check_same_config, flatten
 from auxssl.engine.schedules import ema_schedule, warmup_cosine
+from auxssl.errors import InputError, UserError
 from auxssl.eval.knn import KNNProtocol
 from auxssl.eval.linear import OnlineLinearProbe, ProbeConfig
 from auxssl.eval.offline import evaluate_backbone
-from auxssl.eval.tracker import MetricsLog, RunInfo, TrainClock, WindowMeans, write_run_info
+from auxssl.eval.tracker import MetricsLog, RunInfo, TrainClock, WindowMeans, read_metrics, write_run_info
 from auxssl.noise.control import NoiseControl
 from baselines.backbones import feature_dim
 from baselines.protocol import Batch
@@ -63,24 +75,15 @@ def task_label(task: TaskConfig) -> str:
 def noise_knobs(noise: NoiseConfig) -> dict[str, Any]:
     """The noise-control knobs that differ from their defaults, flattened (``fn_injection.classes_per_batch``);
     ``good_crop_iou`` only where it changes the data (with ``good_crop_fraction``)."""
-    knobs = {k: v for k, v in _flatten(to_dict(noise)).items() if v != _flatten(to_dict(NoiseConfig())).get(k)}
+    defaults = flatten(to_dict(NoiseConfig()))
+    knobs = {k: v for k, v in flatten(to_dict(noise)).items() if v != defaults.get(k)}
     knobs.pop("measure", None)
     if not noise.good_crop_fraction:
         knobs.pop("good_crop_iou", None)
     return knobs
 
 
-def _flatten(tree: dict[str, Any], prefix: str = "") -> dict[str, Any]:
-    flat: dict[str, Any] = {}
-    for key, value in tree.items():
-        if isinstance(value, dict):
-            flat.update(_flatten(value, f"{prefix}{key}."))
-        else:
-            flat[prefix + key] = value
-    return flat
-
-
-class NonFiniteLossError(RuntimeError):
+class NonFiniteLossError(UserError, RuntimeError):
     """The loss became NaN or infinite; training stopped and the last good checkpoint was kept."""
 
 
@@ -118,7 +121,7 @@ class CheckpointedStage(nn.Sequential):
 def enable_activation_checkpointing(backbone: nn.Module) -> None:
     stages = [n for n in ("layer1", "layer2", "layer3", "layer4", "trunk_output") if isinstance(getattr(backbone, n, None), nn.Sequential)]
     if not stages:
-        raise ValueError("activation checkpointing supports torchvision ResNet and RegNet backbones")
+        raise InputError("activation checkpointing supports torchvision ResNet and RegNet backbones")
     for name in stages:
         setattr(backbone, name, CheckpointedStage(*getattr(backbone, name)))
 
@@ -163,10 +166,16 @@ class FeatureTap:
 class Trainer:
     """Trains one run described by a `RunConfig` into ``config.run_dir``.
 
-    ``datasets`` replaces the datasets the config names (for data built in code rather than by name).
+    Args:
+        resume: continue the run in ``config.run_dir`` from its last checkpoint (True) or from a given checkpoint
+            file; refused (`ResumeMismatchError`) when the settings differ from the run's own, unless
+            ``allow_config_change``. A finished run is not trained again: `fit` returns its final evaluation.
+        init: start a new run from backbone weights (``auxssl export`` output or a training checkpoint).
+        datasets: replaces the datasets the config names (for data built in code rather than by name).
     """
 
-    def __init__(self, config: RunConfig, resume: bool = False, datasets: RunDatasets | None = None) -> None:
+    def __init__(self, config: RunConfig, resume: bool | str | Path = False, datasets: RunDatasets | None = None,
+                 init: str | Path | None = None, allow_config_change: bool = False) -> None:
         self.config = config
         self.device = resolve_device(config.train.device)
         self.dist: DistributedContext = init_distributed(self.device.type)
@@ -206,7 +215,7 @@ class Trainer:
                                          optim.momentum, optim.lars_eta, optim.betas, optim.lars_clip_lr)
         self.steps_per_epoch = len(self.loader)
         if self.steps_per_epoch == 0:
-            raise ValueError(f"data.batch_size={config.data.batch_size} exceeds the {len(self.train_set)} training images")
+            raise InputError(f"data.batch_size={config.data.batch_size} exceeds the {len(self.train_set)} training images")
         self.total_steps = config.train.epochs * self.steps_per_epoch
         self.lr_schedule = warmup_cosine(self.base_lr, self.total_steps, round(optim.warmup_epochs * self.steps_per_epoch),
                                          self.base_lr * optim.min_lr_ratio)
@@ -221,7 +230,7 @@ class Trainer:
         self.tap: FeatureTap | None = None
         if config.eval.online_linear:
             if config.data.reveal_labels <= 0:
-                raise ValueError("eval.online_linear needs revealed labels: set data.reveal_labels > 0")
+                raise InputError("eval.online_linear needs revealed labels: set data.reveal_labels > 0")
             num_classes = int(self.train_set.labels.max()) + 1
             self.online_probe = OnlineLinearProbe(feature_dim(self.model.backbone), num_classes).to(self.device)
             self.tap = FeatureTap(self.model.backbone)
@@ -232,15 +241,19 @@ class Trainer:
         self.images_seen = 0
         self.clock = TrainClock()
         self.log = MetricsLog(self.run_dir) if self.dist.is_main else None
-        self.writer = self._tensorboard()
+        self.init = None if init is None else str(init)
         if resume:
-            self._resume()
+            self._resume(None if resume is True else Path(resume), allow_config_change)
         elif self.dist.is_main and (self.run_dir / "metrics.jsonl").exists():
             raise FileExistsError(f"{self.run_dir} already holds a run: pass --resume to continue it or choose another name")
+        elif init is not None:
+            self._initialise_backbone(Path(init))
         if self.dist.is_main:
             self.run_dir.mkdir(parents=True, exist_ok=True)
+            remove_partial_writes(self.run_dir)
             save_config(config, self.run_dir / "config.yaml")
             write_run_info(self.run_dir, self.run_info())
+        self.sinks = build_sinks(config.logging, self.run_dir, config.name, to_dict(config)) if self.dist.is_main else []
 
     # ------------------------------------------------------------------------------------------ bookkeeping
     def run_info(self) -> RunInfo:
@@ -272,15 +285,6 @@ class Trainer:
                        tasks=[task_label(t) for t in cfg.tasks], seed=cfg.train.seed, epochs=cfg.train.epochs,
                        protocol=protocol, evaluation=evaluation, budget=budget, noise=noise_knobs(cfg.noise))
 
-    def _tensorboard(self) -> Any:
-        if not self.dist.is_main:
-            return None
-        try:
-            from torch.utils.tensorboard import SummaryWriter
-        except ImportError:
-            return None
-        return SummaryWriter(str(self.run_dir / "tensorboard"))
-
     def state(self) -> dict[str, Any]:
         return {
             "model": self.model.state_dict(),
@@ -309,12 +313,21 @@ class Trainer:
             prune_checkpoints(self.run_dir)
         return path
 
-    def _resume(self) -> None:
-        path = find_last_checkpoint(self.run_dir)
+    def _resume(self, path: Path | None, allow_config_change: bool) -> None:
+        requested = to_dict(self.config)
+        saved_config = self.run_dir / "config.yaml"
+        if saved_config.exists():  # the run's own settings, also when it stopped before its first checkpoint
+            saved = to_dict(load_config(saved_config))
+            for line in check_same_config(saved, requested, str(self.run_dir), allow_config_change):
+                logger.warning("resuming with a changed setting: %s", line)
+        path = path or find_last_checkpoint(self.run_dir)
         if path is None:
             logger.info("no checkpoint in %s: starting from scratch", self.run_dir)
+            if self.log is not None:
+                self.log.truncate_after(-1)  # records of the interrupted attempt would be duplicated
             return
         state = load_checkpoint(path)
+        check_same_config(state["config"], requested, str(path), allow_config_change)
         self.model.load_state_dict(state["model"])
         self.optimizer.load_state_dict(state["optimizer"])
         if self.scaler is not None and state["scaler"] is not None:
@@ -329,6 +342,21 @@ class Trainer:
         if self.log is not None:
             self.log.truncate_after(self.step)
         logger.info("resumed %s at epoch %d, step %d", path, self.epoch, self.step)
+
+    def _initialise_backbone(self, path: Path) -> None:
+        """Backbone weights from ``path`` (an exported state_dict or a training checkpoint), copied into every
+        momentum (target) network that mirrors the backbone."""
+        state = load_checkpoint(path)
+        if isinstance(state.get("backbone"), dict):
+            state = state["backbone"]
+        try:
+            self.model.backbone.load_state_dict(state)
+        except RuntimeError as err:
+            raise InputError(f"--init {path}: the weights do not fit model.backbone={self.config.model.backbone} "
+                             f"(width {self.config.model.width}): {str(err).splitlines()[0]}") from err
+        for online, target in self.model.momentum_pairs():
+            target.load_state_dict(online.state_dict())
+        logger.info("initialised the backbone from %s", path)
 
     # ------------------------------------------------------------------------------------------------ loop
     def train_step(self, batch: Batch) -> dict[str, Tensor]:
@@ -391,13 +419,21 @@ class Trainer:
             return
         self.log.append(kind, epoch=round(self.step / self.steps_per_epoch, 4), step=self.step,
                         images_seen=self.images_seen, train_time_s=self.clock.elapsed, **metrics)
-        if self.writer is not None:
-            for name, value in metrics.items():
-                self.writer.add_scalar(f"{kind}/{name}", value, self.step)
+        for sink in self.sinks:
+            sink.log(kind, metrics, self.step)
 
     def fit(self) -> dict[str, float]:
-        """Train to the configured number of epochs (from the resumed position) and return the final evaluation."""
+        """Train to the configured number of epochs (from the resumed position) and return the final evaluation.
+
+        A finished run is not trained again: its final evaluation is returned. On SIGTERM or SIGUSR1 the state is
+        checkpointed at the next step boundary and `Preempted` is raised (the CLI exits with `EXIT_PREEMPTED`).
+        """
         cfg = self.config.train
+        if self.epoch >= cfg.epochs:
+            for sink in self.sinks:
+                sink.close()
+            return self.final_evaluation()
+        guard = PreemptionGuard(self.dist.enabled, self.device)
         progress = self._progress()
         final: dict[str, float] = {}
         window = WindowMeans()
@@ -406,51 +442,70 @@ class Trainer:
         last_log = self.clock.elapsed
         images_at_log = self.images_seen
         try:
-            while self.epoch < cfg.epochs:
-                self.loader.set_epoch(self.epoch, self.batch_in_epoch)
-                epoch_hook = getattr(self.model, "on_train_epoch_start", None)
-                if epoch_hook is not None:
-                    epoch_hook(self.epoch)
-                for batch in self.loader:
-                    out = self.train_step(batch)
-                    self.step += 1
-                    self.batch_in_epoch += 1
-                    self.images_seen += batch.size * self.dist.world_size
-                    labelled = float(out.pop(PROBE_LABELLED, 0))
-                    for key, value in out.items():
-                        window.add(key, float(value.detach()), labelled if key.startswith("online_linear/") else 1.0)
-                    if progress is not None:
-                        progress.update(1)
-                    if self.step % cfg.log_every_steps == 0 or self.batch_in_epoch == self.steps_per_epoch:
-                        now = self.clock.elapsed  # evaluation and checkpointing excluded
-                        metrics = window.means()
-                        metrics["images_per_s"] = (self.images_seen - images_at_log) / max(now - last_log, 1e-9)
-                        self._log("train", metrics)
-                        self._watch_collapse(metrics)
+            with guard:
+                while self.epoch < cfg.epochs:
+                    self.loader.set_epoch(self.epoch, self.batch_in_epoch)
+                    epoch_hook = getattr(self.model, "on_train_epoch_start", None)
+                    if epoch_hook is not None:
+                        epoch_hook(self.epoch)
+                    for batch in self.loader:
+                        out = self.train_step(batch)
+                        self.step += 1
+                        self.batch_in_epoch += 1
+                        self.images_seen += batch.size * self.dist.world_size
+                        labelled = float(out.pop(PROBE_LABELLED, 0))
+                        for key, value in out.items():
+                            window.add(key, float(value.detach()), labelled if key.startswith("online_linear/") else 1.0)
                         if progress is not None:
-                            progress.set_postfix(loss=f"{metrics['loss']:.3f}", img_s=f"{metrics['images_per_s']:.0f}")
-                        window.reset()
-                        last_log, images_at_log = now, self.images_seen
-                    if cfg.checkpoint_every_steps and self.step % cfg.checkpoint_every_steps == 0:
+                            progress.update(1)
+                        if self.step % cfg.log_every_steps == 0 or self.batch_in_epoch == self.steps_per_epoch:
+                            now = self.clock.elapsed  # evaluation and checkpointing excluded
+                            metrics = window.means()
+                            metrics["images_per_s"] = (self.images_seen - images_at_log) / max(now - last_log, 1e-9)
+                            self._log("train", metrics)
+                            self._watch_collapse(metrics)
+                            if progress is not None:
+                                progress.set_postfix(loss=f"{metrics['loss']:.3f}", img_s=f"{metrics['images_per_s']:.0f}")
+                            window.reset()
+                            last_log, images_at_log = now, self.images_seen
+                        if cfg.checkpoint_every_steps and self.step % cfg.checkpoint_every_steps == 0:
+                            self.save_checkpoint()
+                        if guard.requested():
+                            path = self.save_checkpoint()
+                            raise Preempted(f"stopped by {guard.signal_name} at epoch {self.epoch}, step {self.step}; "
+                                            f"checkpoint {path}: continue with --resume")
+                    self.epoch += 1
+                    self.batch_in_epoch = 0
+                    last = self.epoch == cfg.epochs
+                    if self.dist.is_main and self._evaluates_after(self.epoch):
+                        final = self.evaluate(final=last)
+                        self._log("eval", final)
+                        self.model.train()
+                        if progress is not None:
+                            progress.write(f"epoch {self.epoch}: " + ", ".join(f"{k} {v:.2f}" for k, v in final.items()))
+                    if last or (cfg.checkpoint_every_epochs and self.epoch % cfg.checkpoint_every_epochs == 0):
                         self.save_checkpoint()
-                self.epoch += 1
-                self.batch_in_epoch = 0
-                last = self.epoch == cfg.epochs
-                if self.dist.is_main and (self.epoch % self.config.eval.every_epochs == 0 or last):
-                    final = self.evaluate(final=last)
-                    self._log("eval", final)
-                    self.model.train()
-                    if progress is not None:
-                        progress.write(f"epoch {self.epoch}: " + ", ".join(f"{k} {v:.2f}" for k, v in final.items()))
-                if self.epoch % cfg.checkpoint_every_epochs == 0 or last:
-                    self.save_checkpoint()
         finally:
             self.clock.stop()
             if progress is not None:
                 progress.close()
-            if self.writer is not None:
-                self.writer.close()
+            for sink in self.sinks:
+                sink.close()
         return final
+
+    def final_evaluation(self) -> dict[str, float]:
+        """The metrics of the run's last evaluation record (empty when it has none)."""
+        records = read_metrics(self.run_dir, "eval")
+        if not records:
+            return {}
+        bookkeeping = {"kind", "epoch", "step", "images_seen", "train_time_s", "time"}
+        return {k: v for k, v in records[-1].items() if k not in bookkeeping}
+
+    def _evaluates_after(self, epoch: int) -> bool:
+        """Whether an evaluation follows ``epoch``: every ``eval.every_epochs`` epochs and after the last one;
+        ``eval.every_epochs: 0`` never evaluates."""
+        every = self.config.eval.every_epochs
+        return every > 0 and (epoch % every == 0 or epoch == self.config.train.epochs)
 
     def _watch_collapse(self, metrics: dict[str, float]) -> None:
         value = metrics.get("stat/z_std")
@@ -470,7 +525,8 @@ class Trainer:
         return tqdm(total=self.total_steps, initial=self.step, desc=self.config.name, unit="step", dynamic_ncols=True)
 
 
-def train(config: RunConfig, resume: bool = False) -> dict[str, float]:
-    """Train one run; returns the final evaluation metrics."""
-    return Trainer(config, resume=resume).fit()
+def train(config: RunConfig, resume: bool | str | Path = False, init: str | Path | None = None,
+          allow_config_change: bool = False) -> dict[str, float]:
+    """Train one run (see `Trainer` for the arguments); returns the final evaluation metrics."""
+    return Trainer(config, resume=resume, init=init, allow_config_change=allow_config_change).fit()
 

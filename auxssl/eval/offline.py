@@ -9,26 +9,45 @@ import torch
 from torch import nn
 
 from auxssl.data.datasets import ImageDataset
+from auxssl.engine.checkpoint import load_checkpoint
+from auxssl.errors import InputError
 from auxssl.eval.features import extract_features
 from auxssl.eval.knn import KNNProtocol, knn_evaluate
 from auxssl.eval.linear import ProbeConfig, linear_probe, mlp_probe
 from baselines.backbones import build_backbone
 
 
-def load_backbone(path: str | Path, arch: str, cifar_stem: bool = False) -> nn.Module:
-    """A backbone from a plain state_dict (``auxssl export``) or a training checkpoint holding ``"backbone"``."""
-    state = torch.load(path, map_location="cpu", weights_only=True)
-    if isinstance(state, dict) and "backbone" in state and isinstance(state["backbone"], dict):
+def backbone_settings(state: dict) -> dict:
+    """The backbone a training checkpoint was trained with (``{}`` for a plain state_dict)."""
+    model = state.get("config", {}).get("model", {}) if isinstance(state.get("config"), dict) else {}
+    keys = {"backbone": "arch", "cifar_stem": "cifar_stem", "width": "width", "backbone_args": "options"}
+    return {new: model[old] for old, new in keys.items() if old in model}
+
+
+def load_backbone(path: str | Path, arch: str | None = None, cifar_stem: bool | None = None, width: int | None = None,
+                  options: dict | None = None) -> nn.Module:
+    """A backbone from a plain state_dict (``auxssl export``) or a training checkpoint holding ``"backbone"``.
+
+    A training checkpoint also tells its architecture (backbone, CIFAR stem, width, timm options): arguments left
+    as None are taken from it, else default to a ResNet-18 with the CIFAR stem.
+    """
+    state = load_checkpoint(path)
+    trained = backbone_settings(state)
+    if isinstance(state.get("backbone"), dict):
         state = state["backbone"]
-    backbone = build_backbone(arch, cifar_stem=cifar_stem)
+    arch = arch or trained.get("arch", "resnet18")
+    cifar_stem = trained.get("cifar_stem", True) if cifar_stem is None else cifar_stem
+    width = width or trained.get("width", 64)
+    options = options if options is not None else trained.get("options") or None
+    backbone = build_backbone(arch, cifar_stem=cifar_stem, width=width, options=options)
     state = {k: v for k, v in state.items() if not k.startswith("fc.")}
-    problem = f"{path} does not hold {arch} (cifar_stem={cifar_stem}) weights"
+    problem = f"{path} does not hold {arch} (cifar_stem={cifar_stem}, width={width}) weights"
     try:
         missing, unexpected = backbone.load_state_dict(state, strict=False)
     except RuntimeError as err:  # shape mismatches
-        raise ValueError(f"{problem}: {str(err).splitlines()[1].strip()}") from err
+        raise InputError(f"{problem}: {str(err).splitlines()[1].strip()}") from err
     if missing or unexpected:
-        raise ValueError(f"{problem}: missing {missing[:5]}, unexpected {unexpected[:5]}")
+        raise InputError(f"{problem}: missing {missing[:5]}, unexpected {unexpected[:5]}")
     return backbone
 
 

@@ -14,6 +14,7 @@ from auxssl.config import NoiseConfig
 from auxssl.data.datasets import ImageDataset
 from auxssl.data.labels import reveal_labels
 from auxssl.data.loaders import GoodCrops, OrderFactory, derive_seed
+from auxssl.errors import InputError
 from auxssl.noise.negatives import false_negative_rates, lookup, same_class_weight
 from auxssl.noise.positives import false_positive_rate, inject_false_positives
 from auxssl.noise.sampling import ClassGroupedOrder
@@ -42,7 +43,7 @@ class NoiseControl:
         self.config, self.seed, self.rank = config, seed, rank
         labels = np.asarray(train.labels, dtype=np.int64)
         if config.active and not (labels >= 0).all() and (config.fn_elimination or config.fn_injection.classes_per_batch):
-            raise ValueError("noise.fn_elimination and noise.fn_injection need a label for every training image")
+            raise InputError("noise.fn_elimination and noise.fn_injection need a label for every training image")
         source = train.source_indices()
         table = np.full(len(train.source), -1, dtype=np.int64)
         table[source] = labels
@@ -82,7 +83,7 @@ class NoiseControl:
         sets = contrast_sets(model, batch) if (self.revealed is not None or self.config.measure) else None
         if self.revealed is not None:
             if sets is None:
-                raise ValueError("noise.fn_elimination: the method reports no negatives (contrast_sets) for this batch")
+                raise InputError("noise.fn_elimination: the method reports no negatives (contrast_sets) for this batch")
             batch.negative_weight = same_class_weight(lookup(self.revealed, sets.anchors),
                                                       lookup(self.revealed, sets.candidates))
         if not self.config.measure:

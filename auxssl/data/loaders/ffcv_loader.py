@@ -13,11 +13,17 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from torch import nn
 
 from auxssl.data.datasets import ImageDataset
-from auxssl.data.loaders.base import EpochOrder, GoodCrops, OrderFactory, derive_seed, num_batches, shuffled_order
-from auxssl.data.loaders.tensor_loader import KorniaViews, kornia_augmentation
+from auxssl.data.loaders.base import (
+    EpochOrder,
+    GoodCrops,
+    OrderFactory,
+    derive_seed,
+    num_batches,
+    shuffled_order,
+)
+from auxssl.data.loaders.tensor_loader import KorniaViews
 from auxssl.data.recipes import Recipe
 from baselines.protocol import Batch
 
@@ -120,13 +126,12 @@ def _traversal(order: EpochOrder) -> object:
 
 
 class FFCVLoader:
-    """Multi-view batches from a ``.beton``: crop + flip while decoding, colour augmentation on ``device``.
+    """Multi-view batches from a ``.beton``: FFCV decodes, `KorniaViews` augments on ``device`` (deterministic in
+    ``(seed, epoch, batch)``, with crop boxes, ``good_crops`` honoured).
 
     ``labels`` (visible labels indexed by dataset row, -1 hidden) go into ``batch.label``; without them the
     batch carries no labels even though the file stores them. The epoch order is the project's (`order`, else
-    seeded shuffling as in every backend). FFCV draws its crops inside its compiled decoder, where their boxes are
-    not visible; with ``good_crops`` (noise control) the whole images are decoded instead and cropped on
-    ``device`` exactly as `TensorLoader` does, so that the boxes are known (and batches carry ``crop_boxes``).
+    seeded shuffling as in every backend).
     """
 
     def __init__(
@@ -147,15 +152,10 @@ class FFCVLoader:
     ) -> None:
         _require_ffcv()
         self._threads = _KeepTorchThreads()
-        from ffcv.fields.decoders import (
-            CenterCropRGBImageDecoder,
-            IntDecoder,
-            RandomResizedCropRGBImageDecoder,
-            SimpleRGBImageDecoder,
-        )
+        from ffcv.fields.decoders import IntDecoder, SimpleRGBImageDecoder
         from ffcv.loader import Loader
         from ffcv.pipeline import PipelineSpec
-        from ffcv.transforms import RandomHorizontalFlip, Squeeze, ToDevice, ToTensor, ToTorchImage
+        from ffcv.transforms import Squeeze, ToDevice, ToTensor, ToTorchImage
 
         self.device = torch.device(device)
         self.recipe, self.batch_size, self.seed, self.epoch, self.start_batch = recipe, batch_size, seed, 0, 0
@@ -163,22 +163,13 @@ class FFCVLoader:
         self.source_index = torch.as_tensor(dataset.source_indices(), device=self.device)
         rows = np.arange(len(dataset))
         epoch_order = order(rows) if order is not None else shuffled_order(len(dataset), seed, shuffle)
-        self.on_device = KorniaViews(recipe, dataset.mean, dataset.std, self.device, good_crops) if good_crops else None
-        pipelines: dict[str, object] = {}
-        if self.on_device is not None:  # whole images; every view is cropped from them on the device
-            to_device = [ToTensor(), ToDevice(self.device, non_blocking=True), ToTorchImage()]
-            pipelines["image"] = PipelineSpec("image", decoder=SimpleRGBImageDecoder(), transforms=to_device)
-        for v, spec in enumerate([] if self.on_device is not None else recipe.views):
-            if spec.scale is not None:
-                decoder = RandomResizedCropRGBImageDecoder((spec.size, spec.size), scale=spec.scale, ratio=spec.ratio)
-            else:
-                decoder = CenterCropRGBImageDecoder((spec.size, spec.size), ratio=1.0)
-            transforms = [RandomHorizontalFlip(spec.flip_p)] if spec.flip_p > 0 else []
-            transforms += [ToTensor(), ToDevice(self.device, non_blocking=True), ToTorchImage()]
-            pipelines[f"view_{v}"] = PipelineSpec("image", decoder=decoder, transforms=transforms)
-        pipelines.setdefault("image", None)  # otherwise only the views are produced
-        pipelines["label"] = None
-        pipelines["index"] = [IntDecoder(), ToTensor(), Squeeze(), ToDevice(self.device, non_blocking=True)]
+        self.augment = KorniaViews(recipe, dataset.mean, dataset.std, self.device, good_crops)
+        to_device = [ToTensor(), ToDevice(self.device, non_blocking=True), ToTorchImage()]
+        pipelines: dict[str, object] = {
+            "image": PipelineSpec("image", decoder=SimpleRGBImageDecoder(), transforms=to_device),
+            "label": None,
+            "index": [IntDecoder(), ToTensor(), Squeeze(), ToDevice(self.device, non_blocking=True)],
+        }
         self.loader = Loader(
             str(path),
             batch_size=batch_size,
@@ -188,9 +179,6 @@ class FFCVLoader:
             drop_last=drop_last,
             pipelines=pipelines,
         )
-        self.colour = nn.ModuleList(
-            kornia_augmentation(spec, dataset.mean, dataset.std, geometric=False) for spec in recipe.views
-        ).to(self.device)
         self.drop_last = drop_last
         self._threads.restore()
 
@@ -203,20 +191,11 @@ class FFCVLoader:
         return len(self.loader) if self.drop_last else num_batches(self.loader.reader.num_samples, self.batch_size, False)
 
     def __iter__(self) -> Iterator[Batch]:
-        devices = [self.device] if self.device.type == "cuda" else []
-        for b, fields in enumerate(self.loader):  # the file's fields in order (image, index), then the views
+        for b, (images, index) in enumerate(self.loader):  # the file's fields in order: image, index
             self._threads.restore()
             if b < self.start_batch:
                 continue
-            boxes = None
-            if self.on_device is not None:
-                images, index = fields
-                views, boxes = self.on_device(images, derive_seed(self.seed, self.epoch, b, 3))
-            else:
-                index, *views = fields
-                with torch.no_grad(), torch.random.fork_rng(devices=devices):
-                    torch.manual_seed(derive_seed(self.seed, self.epoch, b, 3))
-                    views = [aug(v.float().div_(255.0)) for aug, v in zip(self.colour, views)]
+            views, boxes = self.augment(images, derive_seed(self.seed, self.epoch, b, 3))
             rows = index.long()
             yield Batch(
                 views=views,

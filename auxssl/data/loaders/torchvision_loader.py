@@ -166,6 +166,9 @@ class TorchvisionLoader:
             drop_last=drop_last,
             persistent_workers=num_workers > 0,
             pin_memory=self.device.type == "cuda",
+            # its own generator for the workers' base seed: without one, every iter() draws it from the global
+            # RNG, which would shift the global stream (rotation labels…) after a resume restored it
+            generator=torch.Generator().manual_seed(seed),
         )
         self.skipped = 0
 

@@ -1,0 +1,237 @@
+"""Long runs from the command line: pre-emption, exact resume on every backend, safe resume, safe checkpoints,
+errors a person reads, export lines, timm backbones, W&B."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import torch
+
+from auxssl.cli import main
+from auxssl.config import load_config, save_config
+from auxssl.engine.checkpoint import atomic_save, find_last_checkpoint, load_checkpoint
+from auxssl.engine.preemption import EXIT_PREEMPTED
+from auxssl.engine.trainer import Trainer, train
+from auxssl.eval.tracker import read_metrics
+
+
+def tiny(tmp_path: Path, name: str, *extra: str) -> list[str]:
+    """64 digits at 16 px, ResNet-10 at width 16, BYOL (small heads) + rotation, batch 16: 4 steps per epoch."""
+    return [
+        f"name={name}", f"output_dir={tmp_path}", "data.dataset=digits", "data.image_size=16", "data.batch_size=16",
+        "data.train_subset=64", "eval.test_subset=40", "model.backbone=resnet10", "model.width=16",
+        "model.method=byol", "model.method_args={proj_hidden_dim: 64, proj_dim: 32, pred_hidden_dim: 64}",
+        "tasks=[{name: rotation, weight: 0.1}]", "train.epochs=2", "train.precision=fp32", "train.progress=false",
+        "train.log_every_steps=1", "eval.every_epochs=1", "optim.warmup_epochs=0.5", "optim.lr=0.1",
+        "data.num_workers=0", *extra,
+    ]
+
+
+class Process(subprocess.Popen):
+    """``python -m auxssl …`` whose output goes to temporary files (a full pipe would block a chatty child)."""
+
+    def output(self) -> str:
+        self.stderr_file.seek(0)
+        return self.stderr_file.read().decode(errors="replace")
+
+
+def cli(*args: str, env: dict | None = None) -> Process:
+    import tempfile
+
+    err = tempfile.TemporaryFile()
+    process = Process([sys.executable, "-m", "auxssl", *args], stdout=subprocess.DEVNULL, stderr=err,
+                      env={**os.environ, **(env or {})})
+    process.stderr_file = err
+    return process
+
+
+def wait_for_records(run_dir: Path, process: Process, count: int) -> None:
+    deadline = time.time() + 300
+    while len(read_metrics(run_dir, "train")) < count if (run_dir / "metrics.jsonl").exists() else True:
+        assert process.poll() is None, process.output()[-2000:]
+        assert time.time() < deadline, "no training record appeared"
+        time.sleep(0.02)
+
+
+def final_weights(run_dir: Path) -> dict[str, torch.Tensor]:
+    return load_checkpoint(find_last_checkpoint(run_dir))["model"]
+
+
+@pytest.mark.parametrize(("backend", "sig"), [("tensor", signal.SIGTERM), ("torchvision", signal.SIGUSR1),
+                                              ("ffcv", signal.SIGTERM)])
+def test_preempted_run_checkpoints_and_resumes_bit_identically(tmp_path: Path, backend: str, sig: int) -> None:
+    """SIGTERM/SIGUSR1 mid-epoch → checkpoint at the step boundary, exit 75; ``--resume`` then ends with exactly the
+    weights of the uninterrupted run (rotation labels included) and no record twice."""
+    if backend == "ffcv":
+        pytest.importorskip("ffcv")
+    overrides = [f"data.backend={backend}", "data.num_workers=1" if backend == "ffcv" else "data.num_workers=0"]
+    for name in ("reference", "stopped"):
+        save_config(load_config(None, tiny(tmp_path, name, *overrides)), tmp_path / f"{name}.yaml")
+    reference = cli("train", str(tmp_path / "reference.yaml"))
+    stopped = cli("train", str(tmp_path / "stopped.yaml"))
+    wait_for_records(tmp_path / "stopped", stopped, 2)
+    stopped.send_signal(sig)
+    assert stopped.wait(timeout=120) == EXIT_PREEMPTED, stopped.output()[-2000:]
+    state = load_checkpoint(find_last_checkpoint(tmp_path / "stopped"))
+    assert 2 <= state["step"] < 8 and state["batch_in_epoch"] > 0 or state["step"] == 4  # mid-epoch (or at its end)
+    resumed = cli("train", str(tmp_path / "stopped.yaml"), "--resume")
+    for process in (resumed, reference):
+        assert process.wait(timeout=300) == 0, process.output()[-2000:]
+    want, got = final_weights(tmp_path / "reference"), final_weights(tmp_path / "stopped")
+    assert all(torch.equal(got[k], v) for k, v in want.items())
+    steps = [r["step"] for r in read_metrics(tmp_path / "stopped")]
+    assert steps == sorted(steps) and len([r for r in read_metrics(tmp_path / "stopped", "eval")]) == 2
+
+
+def test_run_killed_before_its_first_checkpoint_restarts_without_duplicate_records(tmp_path: Path) -> None:
+    save_config(load_config(None, tiny(tmp_path, "run", "train.checkpoint_every_epochs=2")), tmp_path / "run.yaml")
+    process = cli("train", str(tmp_path / "run.yaml"))
+    wait_for_records(tmp_path / "run", process, 2)
+    process.kill()
+    process.wait()
+    assert find_last_checkpoint(tmp_path / "run") is None
+    assert main(["train", str(tmp_path / "run.yaml"), "--resume"]) == 0
+    steps = [r["step"] for r in read_metrics(tmp_path / "run", "train")]
+    assert steps == list(range(1, 9))
+    assert [r["epoch"] for r in read_metrics(tmp_path / "run", "eval")] == [1, 2]
+
+
+def test_resume_refuses_other_settings_and_a_finished_run_is_not_relabelled(tmp_path: Path, capsys) -> None:
+    config = load_config(None, tiny(tmp_path, "run", "train.epochs=1"))
+    final = train(config)
+    # a finished run resumed with its own settings prints its numbers and trains nothing
+    assert train(config, resume=True) == final
+    assert [r["step"] for r in read_metrics(config.run_dir, "train")][-1] == 4
+    changed = load_config(None, tiny(tmp_path, "run", "train.epochs=2", "train.seed=1"))
+    with pytest.raises(Exception, match=r"train.epochs: 1 → 2.*train.seed: 0 → 1"):
+        Trainer(changed, resume=True)
+    assert load_config(config.run_dir / "config.yaml").train.seed == 0  # nothing rewritten
+    # the CLI says so in one line, exit 2
+    save_config(changed, tmp_path / "changed.yaml")
+    assert main(["train", str(tmp_path / "changed.yaml"), "--resume"]) == 2
+    assert capsys.readouterr().err.startswith("auxssl: error: ") and "--allow-config-change" in capsys.readouterr().err + "--allow-config-change"
+    # explicitly allowed: continues to epoch 2
+    assert main(["train", str(tmp_path / "changed.yaml"), "--resume", "--allow-config-change"]) == 0
+    assert read_metrics(config.run_dir, "eval")[-1]["epoch"] == 2
+
+
+def test_quickstart_into_a_folder_of_another_seed_is_refused(tmp_path: Path, capsys) -> None:
+    args = ["quickstart", "--epochs", "1", "--output-dir", str(tmp_path), "--quiet", "--set", "data.train_subset=128",
+            "--set", "eval.test_subset=64", "--set", "model.width=8"]
+    assert main(args) == 0
+    assert main([*args, "--seed", "1"]) == 2
+    assert "train.seed: 0 → 1" in capsys.readouterr().err
+    assert json.loads((tmp_path / "simclr" / "run.json").read_text())["seed"] == 0
+    assert main(args) == 0  # the same run again: its numbers, no training
+    assert "[quickstart] simclr: knn/top1" in capsys.readouterr().out
+
+
+def test_training_checkpoints_load_weights_only_and_pickled_objects_are_refused(tmp_path: Path, capsys) -> None:
+    config = load_config(None, tiny(tmp_path, "run", "train.epochs=1"))
+    train(config)
+    checkpoint = find_last_checkpoint(config.run_dir)
+    torch.load(checkpoint, weights_only=True)  # every piece of state is weights-only readable
+    assert main(["eval", str(checkpoint), "--dataset", "digits", "--k", "5", "--image-size", "16", "--device", "cpu"]) == 0
+    assert "knn/top1" in json.loads(capsys.readouterr().out)
+
+    evil = tmp_path / "evil.pt"
+    torch.save({"backbone": {}, "payload": Trainer}, evil)  # a pickled class: would run code on a full load
+    assert main(["eval", str(evil), "--dataset", "digits"]) == 2
+    assert "refusing to load" in capsys.readouterr().err
+
+
+def test_interrupted_checkpoint_write_leaves_no_temporary_file(tmp_path: Path) -> None:
+    target = tmp_path / "checkpoints" / "step-00000001.pt"
+    with pytest.raises(Exception):
+        atomic_save({"x": torch.zeros(2), "bad": lambda: None}, target)  # cannot be pickled
+    assert list(target.parent.iterdir()) == []
+    stale = tmp_path / "run" / "checkpoints" / ".step-00000004.pt.tmp"
+    stale.parent.mkdir(parents=True)
+    stale.write_bytes(b"partial")
+    train(load_config(None, tiny(tmp_path, "run", "train.epochs=1", "eval.every_epochs=0")))
+    assert not stale.exists()
+    assert read_metrics(tmp_path / "run", "eval") == []  # eval.every_epochs: 0 never evaluates
+
+
+def test_errors_are_one_line_with_status_2_and_a_traceback_only_with_debug(tmp_path: Path) -> None:
+    process = cli("train", str(tmp_path / "missing.yaml"))
+    assert process.wait(timeout=60) == 2
+    err = process.output()
+    assert err.startswith("auxssl: error: config") and "Traceback" not in err and len(err.strip().splitlines()) == 1
+    process = cli("--debug", "train", str(tmp_path / "missing.yaml"))
+    assert process.wait(timeout=60) == 1 and "Traceback" in process.output()
+    process = cli("train", "byol_cifar10", "--set", "train.epochs=ten")
+    assert process.wait(timeout=60) == 2 and "train.epochs: expected int" in process.output()
+
+
+@pytest.mark.parametrize(("backbone", "extra"), [
+    ("resnet10", ["model.width=16"]),
+    ("resnet18", ["model.width=8"]),
+    ("timm:vit_tiny_patch16_224", ["model.cifar_stem=false", "model.width=64",
+                                   "model.backbone_args={img_size: 16, patch_size: 4}"]),
+])
+def test_export_prints_loading_lines_that_work(tmp_path: Path, capsys, backbone: str, extra: list[str]) -> None:
+    if backbone.startswith("timm:"):
+        pytest.importorskip("timm")
+    config = load_config(None, tiny(tmp_path, "run", "train.epochs=1", "eval.every_epochs=0",
+                                    f"model.backbone={backbone}", *extra))
+    train(config)
+    weights = tmp_path / "backbone.pt"
+    capsys.readouterr()
+    assert main(["export", str(config.run_dir), "--out", str(weights)]) == 0
+    lines = [line.split("load it with: ", 1)[1] for line in capsys.readouterr().out.splitlines() if "load it with" in line]
+    assert lines
+    expected = load_checkpoint(weights)
+    for line in lines:
+        scope: dict = {}
+        exec(line, scope)  # noqa: S102 - the printed line is what a user pastes
+        assert all(torch.equal(scope["m"].state_dict()[k], v) for k, v in expected.items())
+
+
+def test_init_starts_a_new_run_from_exported_weights(tmp_path: Path) -> None:
+    config = load_config(None, tiny(tmp_path, "first", "train.epochs=1", "eval.every_epochs=0"))
+    train(config)
+    weights = tmp_path / "backbone.pt"
+    assert main(["export", str(config.run_dir), "--out", str(weights)]) == 0
+    second = Trainer(load_config(None, tiny(tmp_path, "second", "train.epochs=1")), init=weights)
+    exported = load_checkpoint(weights)
+    for name, value in second.model.backbone.state_dict().items():
+        assert torch.equal(value, exported[name])
+    target = second.model.base.target_backbone.state_dict()
+    assert all(torch.equal(target[k], v) for k, v in exported.items())  # the target starts from them too
+
+
+def test_rotation_prediction_trains_a_timm_vit() -> None:
+    pytest.importorskip("timm")
+    from auxssl import AuxWrapper, RotationPrediction
+    from baselines import BYOL, build_backbone
+
+    vit = build_backbone("timm:vit_tiny_patch16_224", options={"img_size": 16, "patch_size": 4})
+    model = AuxWrapper(BYOL(vit, proj_hidden_dim=64, proj_dim=32, pred_hidden_dim=64), [RotationPrediction()])
+    views = [torch.rand(8, 3, 16, 16) for _ in range(2)]
+    out = model(views)
+    out["loss"].backward()
+    assert torch.isfinite(out["loss"]) and "loss/rotation" in out
+    assert vit.patch_embed.proj.weight.grad.abs().sum() > 0
+    assert model.tasks[0].head is not None
+
+
+def test_wandb_offline_run_is_continued_by_resume(tmp_path: Path) -> None:
+    pytest.importorskip("wandb")
+    env = {"WANDB_MODE": "offline", "WANDB_SILENT": "true"}
+    save_config(load_config(None, tiny(tmp_path, "run", "logging.wandb=true", "train.epochs=1")), tmp_path / "a.yaml")
+    save_config(load_config(None, tiny(tmp_path, "run", "logging.wandb=true", "train.epochs=1")), tmp_path / "b.yaml")
+    assert cli("train", str(tmp_path / "a.yaml"), env=env).wait(timeout=300) == 0
+    run_id = (tmp_path / "run" / "wandb_id.txt").read_text()
+    assert cli("train", str(tmp_path / "b.yaml"), "--resume", env=env).wait(timeout=300) == 0
+    assert (tmp_path / "run" / "wandb_id.txt").read_text() == run_id
+    offline_runs = list((tmp_path / "run" / "wandb").glob(f"offline-run-*-{run_id}"))
+    assert len(offline_runs) >= 1
+    assert not (tmp_path / "run" / "tensorboard").exists()  # TensorBoard only when logging.tensorboard is set
