@@ -30,12 +30,11 @@ def _eval(args: argparse.Namespace) -> int:
     from dataclasses import asdict
 
     from auxssl.data.datasets import get_dataset
+    from auxssl.engine.precision import resolve_device
     from auxssl.eval.knn import KNNProtocol
     from auxssl.eval.linear import ProbeConfig
     from auxssl.eval.offline import evaluate_backbone, load_backbone
     from auxssl.eval.semisup import SemiSupervisedConfig, finetune_semisupervised
-
-    from auxssl.engine.precision import resolve_device
 
     device = resolve_device(args.device)
     backbone = load_backbone(args.checkpoint, args.backbone, args.cifar_stem, args.width).to(device)
@@ -69,7 +68,7 @@ def _eval(args: argparse.Namespace) -> int:
     return 0
 
 
-def _stored_size(dataset) -> int:  # noqa: ANN001 - an ImageDataset
+def _stored_size(dataset) -> int:
     """The side of the dataset's first image (evaluation at the stored size when no size is given)."""
     return max(dataset.load(0).size)
 

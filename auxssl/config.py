@@ -28,7 +28,8 @@ class DataConfig:
     dataset: str = "digits"  # see auxssl.data.DATASETS
     root: str | None = None
     download: bool = False
-    backend: str = "tensor"  # torchvision | tensor | ffcv
+    backend: str = "auto"  # auto | torchvision | tensor | ffcv (auto: tensor when the decoded data fit memory_budget_gb)
+    memory_budget_gb: float | None = None  # for backend auto and evaluation caching; None: a quarter of the device's memory
     recipe: str = "simclr"  # see auxssl.data.RECIPES
     image_size: int = 32
     batch_size: int = 256
@@ -87,6 +88,8 @@ class TrainConfig:
 @dataclass
 class EvalConfig:
     every_epochs: int = 5  # evaluate every N epochs and after the last; 0: never evaluate
+    dataset: str | None = None  # a separate labelled evaluation set (kNN bank = its train split); None: data.dataset
+    root: str | None = None  # its root (folder datasets, torchvision datasets, archive path)
     test_subset: int | None = None  # evaluate on a fixed random sample of N test images (quick runs); None: all
     image_size: int | None = None  # side at which features are extracted; None: data.image_size (the training size)
     precision: str = "auto"  # feature extraction: auto (bf16 where native, else fp32) | fp32 | bf16
@@ -306,7 +309,8 @@ def validate(config: RunConfig) -> None:
 
     choices = {
         "data.dataset": (config.data.dataset, DATASETS),
-        "data.backend": (config.data.backend, BACKENDS),
+        "eval.dataset": (config.eval.dataset or config.data.dataset, DATASETS),
+        "data.backend": (config.data.backend, (*BACKENDS, "auto")),
         "data.recipe": (config.data.recipe, tuple(RECIPES)),
         "model.method": (config.model.method, tuple(METHODS)),
         "optim.name": (config.optim.name, ("sgd", "lars", "adamw")),

@@ -18,7 +18,6 @@ import time
 from pathlib import Path
 
 import torch
-
 from bench_step import step_rate  # benchmarks/ is on sys.path when this script runs
 from machine import machine_info
 

@@ -28,9 +28,8 @@ import time
 from collections.abc import Callable
 
 import torch
-from torch import Tensor, nn
-
 from machine import machine_info  # benchmarks/ is on sys.path when a benchmark script runs
+from torch import Tensor, nn
 
 from auxssl import AuxWrapper, RotationPrediction
 from baselines import BYOL, build_backbone
@@ -85,7 +84,7 @@ def build(name: str, device: torch.device) -> tuple[nn.Module, Callable[[list[Te
         if name.startswith("byol_rotation"):
             model = AuxWrapper(model, [RotationPrediction(weight=0.1, size=16 if name.endswith("16") else None)])
         params = model.param_groups()
-        loss_of = lambda views: model(views)["loss"]  # noqa: E731
+        loss_of = lambda views: model(views)["loss"]
     model.to(device, memory_format=torch.channels_last)
     return model, loss_of, torch.optim.SGD(params, lr=0.05, momentum=0.9)
 

@@ -8,6 +8,7 @@ everything once into one ``(N, 3, H, W)`` uint8 tensor for the in-memory loader.
 from __future__ import annotations
 
 import hashlib
+import json
 import logging
 import os
 import shutil
@@ -82,6 +83,29 @@ class ImageDataset(Dataset):
         """The index in `source` of every image of this dataset."""
         return np.arange(len(self))
 
+    #: Whether the images are already held in memory (evaluation then reads them directly rather than streaming).
+    in_memory: bool = False
+
+    def fingerprint(self) -> str:
+        """A digest of the dataset's content, to key caches built from it (default: its name and size)."""
+        return hashlib.sha1(f"{self.name}|{len(self)}".encode()).hexdigest()
+
+    def uniform_size(self) -> tuple[int, int] | None:
+        """``(height, width)`` shared by every image, or None when sizes differ (default: the first image's)."""
+        width, height = self.load(0).size
+        return height, width
+
+    def storage_size(self, image_size: int) -> int | None:
+        """The side at which an in-memory backend stores the images: as they are when they share one size
+        (None), else resized to ``image_size`` (mixed sizes cannot be stacked)."""
+        return None if self.uniform_size() is not None else image_size
+
+    def decoded_bytes(self, image_size: int) -> int:
+        """Bytes of the whole dataset decoded as uint8 at its storage size (see `storage_size`)."""
+        shared = self.uniform_size()
+        height, width = shared if shared is not None else (image_size, image_size)
+        return len(self) * 3 * height * width
+
     def to_uint8(self, size: int | None = None) -> tuple[torch.Tensor, np.ndarray]:
         """Decode every image (in threads: PIL releases the GIL) into one ``(N', 3, H, W)`` uint8 tensor.
 
@@ -138,8 +162,18 @@ class ArrayDataset(ImageDataset):
         self.classes = list(classes)
         self.name, self.mean, self.std = name, mean, std
 
+    in_memory = True
+
     def load(self, i: int) -> Image.Image:
         return Image.fromarray(self.images[i])
+
+    def fingerprint(self) -> str:
+        digest = hashlib.sha1(np.ascontiguousarray(self.images).data)
+        digest.update(self.labels.tobytes())
+        return digest.hexdigest()
+
+    def uniform_size(self) -> tuple[int, int] | None:
+        return int(self.images.shape[1]), int(self.images.shape[2])
 
     def to_uint8(self, size: int | None = None) -> tuple[torch.Tensor, np.ndarray]:
         tensor = torch.from_numpy(self.images).permute(0, 3, 1, 2).contiguous()
@@ -192,6 +226,8 @@ class FolderDataset(ImageDataset):
         self.name = name or self.root.name
         self.mean, self.std = mean, std
         self.skipped: list[str] = []
+        self._fingerprint: str | None = None
+        self._sizes: list | None = None  # the distinct (width, height) of the images, read from their headers
 
     def load(self, i: int) -> Image.Image:
         path = self.files[i]
@@ -217,13 +253,43 @@ class FolderDataset(ImageDataset):
             _atomic_savez(cache_file, images=tensor.numpy(), kept=kept, skipped=skipped)
         return tensor, kept
 
+    def fingerprint(self) -> str:
+        """Digest of every file's path, size and modification time (computed once)."""
+        if self._fingerprint is None:
+            digest = hashlib.sha1()
+            for path in self.files:
+                stat = path.stat()
+                digest.update(f"{path.resolve()}|{stat.st_size}|{stat.st_mtime_ns}\n".encode())
+            self._fingerprint = digest.hexdigest()
+        return self._fingerprint
+
+    def uniform_size(self) -> tuple[int, int] | None:
+        """From the image headers (no decoding), cached in `default_cache_dir` by `fingerprint`; unreadable files
+        are left to `load` to report."""
+        if self._sizes is None:
+            cache = default_cache_dir() / "sizes" / f"{self.name}-{self.fingerprint()[:16]}.json"
+            if cache.exists():
+                self._sizes = json.loads(cache.read_text())
+            else:
+                self._sizes = sorted({size for size in map(_header_size, self.files) if size is not None})
+                cache.parent.mkdir(parents=True, exist_ok=True)
+                cache.write_text(json.dumps(self._sizes))
+        if len(self._sizes) != 1:
+            return None
+        width, height = self._sizes[0]
+        return int(height), int(width)
+
     def _cache_file(self, size: int | None) -> Path:
-        digest = hashlib.sha1()
-        for path in self.files:
-            stat = path.stat()
-            digest.update(f"{path}|{stat.st_size}|{stat.st_mtime_ns}\n".encode())
-        digest.update(str(size).encode())
-        return default_cache_dir() / "decoded" / f"{self.name}-{digest.hexdigest()[:16]}.npz"
+        return default_cache_dir() / "decoded" / f"{self.name}-{self.fingerprint()[:16]}-{size}.npz"
+
+
+def _header_size(path: Path) -> tuple[int, int] | None:
+    """``(width, height)`` from an image file's header, None when it cannot be read."""
+    try:
+        with Image.open(path) as image:
+            return image.size
+    except (UnidentifiedImageError, OSError, ValueError):
+        return None
 
 
 def _atomic_savez(path: Path, **arrays: np.ndarray) -> None:
@@ -252,8 +318,18 @@ class ImageSubset(ImageDataset):
     def source(self) -> ImageDataset:
         return self.dataset.source
 
+    @property
+    def in_memory(self) -> bool:  # type: ignore[override]
+        return self.dataset.in_memory
+
     def source_indices(self) -> np.ndarray:
         return self.dataset.source_indices()[self.indices]
+
+    def fingerprint(self) -> str:
+        return hashlib.sha1(f"{self.dataset.fingerprint()}|".encode() + self.indices.tobytes()).hexdigest()
+
+    def uniform_size(self) -> tuple[int, int] | None:
+        return self.dataset.uniform_size()
 
     def load(self, i: int) -> Image.Image:
         return self.dataset.load(int(self.indices[i]))

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 from typing import NamedTuple
 
 import numpy as np
@@ -11,7 +12,7 @@ from torch import nn
 from auxssl.config import RunConfig
 from auxssl.data import build_loader, get_dataset, get_recipe, reveal_labels
 from auxssl.data.datasets import ImageDataset, ImageSubset
-from auxssl.data.loaders import MultiViewLoader, derive_seed
+from auxssl.data.loaders import MultiViewLoader, choose_backend, derive_seed
 from auxssl.errors import InputError
 from auxssl.noise.control import NoiseControl
 from auxssl.tasks import JigsawPrediction, RotationPrediction
@@ -46,12 +47,19 @@ class RunDatasets(NamedTuple):
 
 def build_datasets(config: RunConfig) -> RunDatasets:
     """The training split (reduced to ``data.train_subset``), the evaluation bank (the training images, or the
-    full training split with ``eval.bank: full_train``) and the test split (reduced to ``eval.test_subset``)."""
+    full training split with ``eval.bank: full_train``) and the test split (reduced to ``eval.test_subset``).
+
+    With ``eval.dataset`` (a separate labelled evaluation set, e.g. to evaluate pre-training on an unlabelled
+    folder), the bank is that dataset's train split and the test its test split."""
     data = config.data
     full_train = get_dataset(data.dataset, "train", data.root, data.download)
-    test = get_dataset(data.dataset, "test", data.root, data.download)
     train = random_subset(full_train, data.train_subset)
-    bank = full_train if config.eval.bank == "full_train" else train
+    if config.eval.dataset is not None:
+        bank = get_dataset(config.eval.dataset, "train", config.eval.root, data.download)
+        test = get_dataset(config.eval.dataset, "test", config.eval.root, data.download)
+    else:
+        bank = full_train if config.eval.bank == "full_train" else train
+        test = get_dataset(data.dataset, "test", data.root, data.download)
     return RunDatasets(train, bank, random_subset(test, config.eval.test_subset))
 
 
@@ -84,6 +92,22 @@ def process_seed(seed: int, rank: int, world_size: int) -> int:
     return seed if world_size <= 1 else derive_seed(seed, rank, world_size) % 2**31  # numpy seeds are 32-bit
 
 
+def memory_budget(config: RunConfig, device: torch.device) -> int:
+    """Bytes the decoded data may take (``data.memory_budget_gb``; default a quarter of the device's memory)."""
+    if config.data.memory_budget_gb is not None:
+        return int(config.data.memory_budget_gb * 2**30)
+    if device.type == "cuda":
+        return torch.cuda.get_device_properties(device).total_memory // 4
+    return os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") // 4
+
+
+def resolve_backend(config: RunConfig, train: ImageDataset, device: torch.device) -> str:
+    """``data.backend``, with ``auto`` resolved by `choose_backend` against `memory_budget`."""
+    if config.data.backend != "auto":
+        return config.data.backend
+    return choose_backend(train, config.data.image_size, memory_budget(config, device))
+
+
 def build_train_loader(
     config: RunConfig, train: ImageDataset, device: torch.device, rank: int = 0, world_size: int = 1,
     noise: NoiseControl | None = None,
@@ -101,7 +125,7 @@ def build_train_loader(
         labels = None if labels is None else labels[shard]
     local_batch = data.batch_size // world_size
     return build_loader(
-        data.backend, train, recipe, local_batch, labels=labels, device=device,
+        resolve_backend(config, train, device), train, recipe, local_batch, labels=labels, device=device,
         seed=process_seed(config.train.seed, rank, world_size), num_workers=data.num_workers,
         order=None if noise is None else noise.order(np.asarray(train.labels), local_batch),
         good_crops=None if noise is None else noise.good_crops(),

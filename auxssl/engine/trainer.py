@@ -29,7 +29,9 @@ from auxssl.engine.build import (
     build_datasets,
     build_model,
     build_train_loader,
+    memory_budget,
     process_seed,
+    resolve_backend,
 )
 from auxssl.engine.checkpoint import (
     atomic_save,
@@ -226,6 +228,12 @@ class Trainer:
 
         self.knn_protocol = KNNProtocol(config.eval.knn_k, config.eval.knn_temperature)
         self._eval_images: tuple | None = None
+        self.evaluation_enabled = config.eval.every_epochs > 0
+        if self.evaluation_enabled and not (self.bank_set.labelled and self.test_set.labelled):
+            self.evaluation_enabled = False
+            logger.warning("evaluation skipped: %s has no labels (kNN and probes need them); set eval.dataset and "
+                           "eval.root to a labelled evaluation set", self.bank_set.name if not self.bank_set.labelled
+                           else self.test_set.name)
         self.online_probe: OnlineLinearProbe | None = None
         self.tap: FeatureTap | None = None
         if config.eval.online_linear:
@@ -260,7 +268,8 @@ class Trainer:
         """The run's identity, every setting that changes its evaluations, and its training budget."""
         cfg = self.config
         data = {
-            "dataset": cfg.data.dataset, "root": cfg.data.root, "image_size": self.eval_image_size,
+            "dataset": cfg.eval.dataset or cfg.data.dataset, "root": cfg.eval.root if cfg.eval.dataset else cfg.data.root,
+            "image_size": self.eval_image_size,
             "bank": cfg.eval.bank, "bank_size": len(self.bank_set), "test_subset": cfg.eval.test_subset,
             "test_size": len(self.test_set), "subset_seed": SUBSET_SEED, "feature_precision": self.eval_precision,
         }
@@ -280,6 +289,7 @@ class Trainer:
             "train_images": len(self.train_set), "train_subset": cfg.data.train_subset,
             "image_size": cfg.data.image_size, "backbone": cfg.model.backbone, "recipe": cfg.data.recipe,
             "precision": self.precision.name, "world_size": self.dist.world_size,
+            "backend": resolve_backend(cfg, self.train_set, self.device),
         }
         return RunInfo(name=cfg.name, method=cfg.model.method, dataset=cfg.data.dataset,
                        tasks=[task_label(t) for t in cfg.tasks], seed=cfg.train.seed, epochs=cfg.train.epochs,
@@ -405,12 +415,21 @@ class Trainer:
     def evaluate(self, final: bool = False) -> dict[str, float]:
         """kNN (and, at the end, the linear probe) on the backbone; the training clock is paused meanwhile."""
         with self.clock.paused():
-            if self._eval_images is None:  # decoded once per run, not at every evaluation
-                self._eval_images = (self.bank_set.to_uint8(), self.test_set.to_uint8())
             linear = ProbeConfig() if final and self.config.eval.linear else None
             return evaluate_backbone(self.model.backbone, self.bank_set, self.test_set, knn=self.knn_protocol,
                                      linear=linear, device=self.device, image_size=self.eval_image_size,
-                                     decoded=self._eval_images, precision=self.eval_precision)
+                                     decoded=self._decoded_eval_images(), precision=self.eval_precision,
+                                     shard=(self.dist.rank, self.dist.world_size))
+
+    def _decoded_eval_images(self) -> tuple | None:
+        """The evaluation images decoded once per run when they fit `memory_budget` (much faster than decoding at
+        every evaluation); None to stream them (memory bounded by a batch)."""
+        if self._eval_images is None:
+            sets = (self.bank_set, self.test_set)
+            if sum(d.decoded_bytes(self.eval_image_size) for d in sets) > memory_budget(self.config, self.device):
+                return None
+            self._eval_images = tuple(d.to_uint8(d.storage_size(self.eval_image_size)) for d in sets)
+        return self._eval_images
 
     def _log(self, kind: str, metrics: dict[str, float]) -> None:
         """Every record's ``epoch`` counts completed epochs: fractional for training logs (``step / steps per
@@ -477,7 +496,7 @@ class Trainer:
                     self.epoch += 1
                     self.batch_in_epoch = 0
                     last = self.epoch == cfg.epochs
-                    if self.dist.is_main and self._evaluates_after(self.epoch):
+                    if self._evaluates_after(self.epoch):  # every process extracts its share of the features
                         final = self.evaluate(final=last)
                         self._log("eval", final)
                         self.model.train()
@@ -505,7 +524,7 @@ class Trainer:
         """Whether an evaluation follows ``epoch``: every ``eval.every_epochs`` epochs and after the last one;
         ``eval.every_epochs: 0`` never evaluates."""
         every = self.config.eval.every_epochs
-        return every > 0 and (epoch % every == 0 or epoch == self.config.train.epochs)
+        return self.evaluation_enabled and (epoch % every == 0 or epoch == self.config.train.epochs)
 
     def _watch_collapse(self, metrics: dict[str, float]) -> None:
         value = metrics.get("stat/z_std")

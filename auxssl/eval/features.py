@@ -1,24 +1,86 @@
-"""Frozen-backbone feature extraction with the evaluation transform (no augmentation)."""
+"""Frozen-backbone feature extraction with the evaluation transform (no augmentation).
+
+Images held in memory are read directly; any other dataset (a folder) is *streamed*: worker processes decode and
+resize one batch at a time, so memory is bounded by the batch and the features, not by the dataset. Under
+torch.distributed each process extracts its own share (``shard``) and the features are gathered.
+"""
 
 from __future__ import annotations
+
+import warnings
+from collections.abc import Iterator
 
 import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
+from torch.utils.data import DataLoader, Dataset
 
-from auxssl.data.datasets import ImageDataset
+from auxssl.data.datasets import CorruptImageError, ImageDataset
 from auxssl.engine.precision import resolve_precision
+from auxssl.errors import InputError
+
+
+def _resize(x: Tensor, size: int | None) -> Tensor:
+    """Float images ``(B, 3, H, W)`` in [0, 1] resized to ``size``² (bilinear, antialiased); unchanged when None."""
+    if size is None or x.shape[-2:] == (size, size):
+        return x
+    return F.interpolate(x, size=(size, size), mode="bilinear", antialias=True, align_corners=False)
+
+
+def _normalise(x: Tensor, mean: tuple[float, ...], std: tuple[float, ...]) -> Tensor:
+    mean_t = torch.tensor(mean, device=x.device).view(1, -1, 1, 1)
+    std_t = torch.tensor(std, device=x.device).view(1, -1, 1, 1)
+    return (x - mean_t) / std_t
 
 
 def normalise_images(images: Tensor, mean: tuple[float, ...], std: tuple[float, ...], size: int | None = None) -> Tensor:
     """uint8 ``(B, 3, H, W)`` → float, optionally resized to ``size``², normalised with the dataset statistics."""
-    x = images.float().div_(255.0)
-    if size is not None and x.shape[-1] != size:
-        x = F.interpolate(x, size=(size, size), mode="bilinear", antialias=True, align_corners=False)
-    mean_t = torch.tensor(mean, device=x.device).view(1, -1, 1, 1)
-    std_t = torch.tensor(std, device=x.device).view(1, -1, 1, 1)
-    return (x - mean_t) / std_t
+    return _normalise(_resize(images.float().div_(255.0), size), mean, std)
+
+
+class _EvalImages(Dataset):
+    """Rows of a dataset decoded and resized for evaluation, one at a time (in DataLoader workers)."""
+
+    def __init__(self, dataset: ImageDataset, rows: np.ndarray, size: int | None) -> None:
+        self.dataset, self.rows, self.size = dataset, rows, size
+
+    def __len__(self) -> int:
+        return len(self.rows)
+
+    def __getitem__(self, i: int) -> tuple[Tensor, int] | None:
+        row = int(self.rows[i])
+        try:
+            image = self.dataset.load(row)
+        except CorruptImageError as err:
+            warnings.warn(f"skipping {err}", stacklevel=2)
+            return None
+        x = torch.from_numpy(np.asarray(image, dtype=np.uint8)).permute(2, 0, 1).float().div_(255.0)
+        return _resize(x[None], self.size)[0], row
+
+
+def _collate(samples: list[tuple[Tensor, int] | None]) -> tuple[Tensor, Tensor] | None:
+    kept = [s for s in samples if s is not None]
+    if not kept:
+        return None
+    return torch.stack([s[0] for s in kept]), torch.tensor([s[1] for s in kept])
+
+
+def _batches(dataset: ImageDataset, rows: np.ndarray, batch_size: int, image_size: int | None,
+             images: Tensor | None, num_workers: int) -> Iterator[tuple[Tensor, np.ndarray]]:
+    """``(images, their dataset rows)`` batch by batch: uint8 as stored when in memory (converted on the device),
+    else float in [0, 1] already at ``image_size``."""
+    if images is not None:  # already decoded: rows index the tensor's rows
+        for start in range(0, len(rows), batch_size):
+            yield images[start : start + batch_size], rows[start : start + batch_size]
+        return
+    if image_size is None and dataset.uniform_size() is None:
+        raise InputError(f"{dataset.name}: images of different sizes need an evaluation size (eval.image_size)")
+    loader = DataLoader(_EvalImages(dataset, rows, image_size), batch_size=batch_size, num_workers=num_workers,
+                        collate_fn=_collate, persistent_workers=False)
+    for batch in loader:
+        if batch is not None:
+            yield batch[0], batch[1].numpy()
 
 
 @torch.no_grad()
@@ -32,26 +94,56 @@ def extract_features(
     images: Tensor | None = None,
     rows: np.ndarray | None = None,
     precision: str = "auto",
+    num_workers: int = 2,
+    shard: tuple[int, int] = (0, 1),
 ) -> tuple[Tensor, Tensor]:
     """Pooled features ``(N, D)`` (float32, CPU) and labels ``(N,)`` of every decodable image of ``dataset``.
 
     The backbone runs in eval mode (its mode is restored afterwards) on channels-last input, under autocast at
-    ``precision`` (``auto``: bf16 where native, as in training, else fp32; ``fp32``; ``bf16``). Pass
-    ``images``/``rows`` (from `ImageDataset.to_uint8`) to avoid decoding the dataset again.
+    ``precision`` (``auto``: bf16 where native, as in training, else fp32; ``fp32``; ``bf16``). Images in memory
+    (`ImageDataset.in_memory`, or ``images``/``rows`` from `ImageDataset.to_uint8`) are read directly; others are
+    streamed by ``num_workers`` processes. ``shard=(rank, world_size)``: this process extracts every
+    ``world_size``-th image and the features of all processes are gathered (a collective call).
     """
-    if images is None:
+    rank, world_size = shard
+    if images is None and dataset.in_memory:
         images, rows = dataset.to_uint8()
-    assert rows is not None
+    if images is not None:
+        rows = np.arange(len(images)) if rows is None else np.asarray(rows)
+        mine = np.arange(rank, len(rows), world_size)
+        images, rows = images[torch.from_numpy(mine)], rows[mine]
+    else:
+        rows = np.arange(rank, len(dataset), world_size)
     autocast = resolve_precision(precision, torch.device(device)).autocast()
     was_training = backbone.training
     backbone.eval()
+    chunks: list[Tensor] = []
+    kept: list[np.ndarray] = []
     try:
-        chunks = []
-        for start in range(0, len(images), batch_size):
-            x = normalise_images(images[start : start + batch_size].to(device), dataset.mean, dataset.std, image_size)
+        for x, batch_rows in _batches(dataset, rows, batch_size, image_size, images, num_workers):
+            x = x.to(device)
+            x = _normalise(_resize(x.float().div_(255.0) if x.dtype == torch.uint8 else x, image_size),
+                           dataset.mean, dataset.std)
             with autocast:
                 features = backbone(x.contiguous(memory_format=torch.channels_last))
             chunks.append(features.float().cpu())
+            kept.append(batch_rows)
     finally:
         backbone.train(was_training)
-    return torch.cat(chunks), torch.from_numpy(np.asarray(dataset.labels)[rows])
+    features = torch.cat(chunks) if chunks else torch.empty(0)
+    rows = np.concatenate(kept) if kept else np.empty(0, dtype=np.int64)
+    if world_size > 1:
+        features, rows = _gather(features, rows, world_size)
+    return features, torch.from_numpy(np.asarray(dataset.labels)[rows])
+
+
+def _gather(features: Tensor, rows: np.ndarray, world_size: int) -> tuple[Tensor, np.ndarray]:
+    """Every process's features, in dataset order."""
+    import torch.distributed as dist
+
+    parts: list = [None] * world_size
+    dist.all_gather_object(parts, (features, rows))
+    features = torch.cat([p[0] for p in parts])
+    rows = np.concatenate([p[1] for p in parts])
+    order = np.argsort(rows, kind="stable")
+    return features[torch.from_numpy(order)], rows[order]

@@ -17,7 +17,6 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-
 #: The threshold of each query is estimated on every ``SAMPLE_STRIDE``-th bank entry.
 SAMPLE_STRIDE = 16
 

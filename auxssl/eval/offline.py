@@ -63,19 +63,25 @@ def evaluate_backbone(
     image_size: int | None = None,
     decoded: tuple[tuple[torch.Tensor, np.ndarray], tuple[torch.Tensor, np.ndarray]] | None = None,
     precision: str = "auto",
+    shard: tuple[int, int] = (0, 1),
 ) -> dict[str, float]:
     """Features of both splits extracted once (evaluation transform), then kNN and/or probes; accuracies in %.
 
     ``image_size``: the side the images are resized to before the backbone (None: as stored). Evaluate at the
     size the backbone was trained at: the same weights score very differently at another resolution.
     ``decoded``: the two splits' ``to_uint8()`` results, for callers that evaluate repeatedly (the trainer).
-    ``precision``: of the feature extraction (`extract_features`).
+    Without ``decoded``, images not already in memory are streamed (memory bounded by a batch and the features).
+    ``precision``: of the feature extraction (`extract_features`). ``shard=(rank, world_size)``: under
+    torch.distributed every process extracts its share; the evaluators run on rank 0 (the others return ``{}``).
     """
-    (train_images, train_rows), (test_images, test_rows) = decoded or (train.to_uint8(), test.to_uint8())
-    train_x, train_y = extract_features(backbone, train, device=device, images=train_images, rows=train_rows,
-                                        image_size=image_size, precision=precision)
-    test_x, test_y = extract_features(backbone, test, device=device, images=test_images, rows=test_rows,
-                                      image_size=image_size, precision=precision)
+    (train_images, train_rows), (test_images, test_rows) = decoded or ((None, None), (None, None))
+    common = dict(device=device, image_size=image_size, precision=precision, shard=shard)
+    train_x, train_y = extract_features(backbone, train, images=train_images, rows=train_rows, **common)
+    test_x, test_y = extract_features(backbone, test, images=test_images, rows=test_rows, **common)
+    if shard[0] != 0:
+        return {}
+    if not (bool((train_y >= 0).any()) and bool((test_y >= 0).any())):
+        raise InputError(f"evaluation needs labels: {train.name if not (train_y >= 0).any() else test.name} has none")
     results: dict[str, float] = {}
     if knn is not None:
         results.update(knn_evaluate(train_x, train_y, test_x, test_y, knn))

@@ -16,6 +16,21 @@ from auxssl.data.loaders.torchvision_loader import TorchvisionLoader, torchvisio
 from auxssl.data.recipes import Recipe
 
 BACKENDS = ("torchvision", "tensor", "ffcv")
+#: The value of ``data.backend`` that chooses between them (`choose_backend`).
+AUTO = "auto"
+
+
+def beton_cache_path(dataset: ImageDataset, size: int | None) -> Path:
+    """Where the ``.beton`` of ``dataset`` is cached: keyed by its content (`ImageDataset.fingerprint`: paths,
+    sizes and times of a folder's files, the bytes of an in-memory array, the indices of a subset) and the stored
+    size, so two different folders of the same name and length never share a file."""
+    return default_cache_dir() / "beton" / f"{dataset.name}-{len(dataset)}-{dataset.fingerprint()[:16]}-{size}.beton"
+
+
+def choose_backend(dataset: ImageDataset, image_size: int, budget_bytes: int) -> str:
+    """``data.backend: auto``: the in-memory tensor backend when the decoded dataset fits in ``budget_bytes``,
+    else the streaming torchvision backend (memory bounded by its batches)."""
+    return "tensor" if dataset.decoded_bytes(image_size) <= budget_bytes else "torchvision"
 
 
 def build_loader(
@@ -48,9 +63,10 @@ def build_loader(
     if backend == "tensor":
         return TensorLoader(dataset, recipe, batch_size, **common)
     if backend == "ffcv":
-        path = Path(beton_path) if beton_path else default_cache_dir() / "beton" / f"{dataset.name}-{len(dataset)}.beton"
+        size = dataset.storage_size(max(spec.size for spec in recipe.views))
+        path = Path(beton_path) if beton_path else beton_cache_path(dataset, size)
         if not path.exists():
-            write_beton(dataset, path)
+            write_beton(dataset, path, size=size)
         return FFCVLoader(path, dataset, recipe, batch_size, num_workers=num_workers, **common)
     raise ValueError(f"unknown loader backend {backend!r}; choose one of {', '.join(BACKENDS)}")
 
@@ -62,7 +78,9 @@ __all__ = [
     "MultiViewLoader",
     "TensorLoader",
     "TorchvisionLoader",
+    "beton_cache_path",
     "build_loader",
+    "choose_backend",
     "derive_seed",
     "ffcv_available",
     "kornia_augmentation",

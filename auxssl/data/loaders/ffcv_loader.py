@@ -48,7 +48,7 @@ class _KeepTorchThreads:
 def ffcv_available() -> bool:
     keep = _KeepTorchThreads()
     try:
-        import ffcv  # noqa: F401
+        import ffcv
     except ImportError:
         return False
     finally:
@@ -75,10 +75,12 @@ class _BetonSource:
         return self.images[i], int(self.labels[row]), row
 
 
-def write_beton(dataset: ImageDataset, path: str | Path, jpeg: bool | None = None, num_workers: int = 2) -> Path:
+def write_beton(dataset: ImageDataset, path: str | Path, jpeg: bool | None = None, num_workers: int = 2,
+                size: int | None = None) -> Path:
     """Write ``dataset`` (label and dataset index per image) to an FFCV file; corrupt images are skipped.
 
-    Images are stored raw (fastest to decode) unless ``jpeg`` or, by default, when larger than 64 px.
+    Images are stored raw (fastest to decode) unless ``jpeg`` or, by default, when larger than 64 px; ``size``
+    resizes them (needed when they differ in size).
     Written to a temporary name and renamed, so a partial file is never left behind.
     """
     _require_ffcv()
@@ -87,7 +89,7 @@ def write_beton(dataset: ImageDataset, path: str | Path, jpeg: bool | None = Non
 
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    images, rows = dataset.to_uint8()
+    images, rows = dataset.to_uint8(size)
     jpeg = images.shape[-1] > 64 if jpeg is None else jpeg
     fields = {
         "image": RGBImageField(write_mode="jpg" if jpeg else "raw"),

@@ -10,7 +10,14 @@ import torch
 from torch import Tensor, nn
 
 from auxssl.data.datasets import ImageDataset
-from auxssl.data.loaders.base import GoodCrops, OrderFactory, derive_seed, num_batches, shuffled_order, visible_labels
+from auxssl.data.loaders.base import (
+    GoodCrops,
+    OrderFactory,
+    derive_seed,
+    num_batches,
+    shuffled_order,
+    visible_labels,
+)
 from auxssl.data.recipes import Recipe, ViewSpec
 from auxssl.noise.crops import crop_to_box, force_good_crops
 from baselines.protocol import Batch
@@ -121,8 +128,8 @@ class KorniaViews:
 class TensorLoader:
     """Multi-view batches from an in-memory uint8 tensor, augmented on ``device`` with kornia.
 
-    The images are decoded once (`ImageDataset.to_uint8`; corrupt files skipped and listed in ``skipped``)
-    and moved to ``device``. Each batch's augmentation is seeded by ``(seed, epoch, batch)``, so runs are
+    The images are decoded once (`ImageDataset.to_uint8`; corrupt files skipped and listed in ``skipped``; images of
+    different sizes resized to the recipe's view size, aspect ratio not kept) and moved to ``device``. Each batch's augmentation is seeded by ``(seed, epoch, batch)``, so runs are
     reproducible and a resumed epoch sees the same batches. Batches carry their crop boxes (`KorniaViews`).
     """
 
@@ -143,8 +150,8 @@ class TensorLoader:
         good_crops: GoodCrops | None = None,
     ) -> None:
         self.device = torch.device(device)
-        if images is None:
-            images, rows = dataset.to_uint8()
+        if images is None:  # mixed-size images are stored at the recipe's largest view size
+            images, rows = dataset.to_uint8(dataset.storage_size(max(spec.size for spec in recipe.views)))
         self.rows = np.arange(len(images)) if rows is None else np.asarray(rows)
         self.images = images.to(self.device)
         self.skipped = len(dataset) - len(self.rows)
