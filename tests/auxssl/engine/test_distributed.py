@@ -173,3 +173,31 @@ def test_ranks_draw_different_augmentations_deterministically() -> None:
 def test_the_masked_case_really_masks() -> None:
     """The fn-elimination parity case is not the unmasked loss under another name."""
     assert reference("simclr+fn_elimination")[0] != pytest.approx(reference("simclr")[0])
+
+
+def sharded_extraction_worker(rank: int, init_file: str, out_dir: str) -> None:
+    from auxssl.data import digits
+    from auxssl.eval.features import extract_features
+
+    dist.init_process_group("gloo", init_method=f"file://{init_file}", rank=rank, world_size=WORLD)
+    torch.set_num_threads(1)
+    torch.manual_seed(0)
+    features, labels = extract_features(small_backbone().eval(), digits("test"), image_size=8, precision="fp32",
+                                        shard=(rank, WORLD))
+    torch.save((features, labels), Path(out_dir) / f"features{rank}.pt")
+    dist.destroy_process_group()
+
+
+def test_sharded_feature_extraction_gathers_what_one_process_extracts() -> None:
+    """Under torch.distributed every rank extracts its share; the gathered features are the single-process ones."""
+    from auxssl.data import digits
+    from auxssl.eval.features import extract_features
+
+    torch.manual_seed(0)
+    single, labels = extract_features(small_backbone().eval(), digits("test"), image_size=8, precision="fp32")
+    with tempfile.TemporaryDirectory() as tmp:
+        mp.spawn(sharded_extraction_worker, args=(str(Path(tmp) / "init"), tmp), nprocs=WORLD, join=True)
+        for rank in range(WORLD):
+            features, gathered_labels = torch.load(Path(tmp) / f"features{rank}.pt")
+            torch.testing.assert_close(features, single)
+            assert torch.equal(gathered_labels, labels)
