@@ -22,12 +22,11 @@ def cosine_tau(step: int, total_steps: int, base_tau: float, final_tau: float = 
 @torch.no_grad()
 def ema_update_(online: nn.Module, target: nn.Module, tau: float) -> None:
     """``θ_target ← τ·θ_target + (1 - τ)·θ_online`` for every parameter (buffers are left to the target)."""
-    online_params = list(online.parameters())
+    online_params = [p.detach() for p in online.parameters()]
     target_params = list(target.parameters())
     if len(online_params) != len(target_params):
         raise ValueError("online and target networks must have the same parameters")
-    for p_online, p_target in zip(online_params, target_params):
-        p_target.lerp_(p_online.detach(), 1.0 - tau)
+    torch._foreach_lerp_(target_params, online_params, 1.0 - tau)  # one fused call instead of one per tensor
 
 
 def ema_update_pairs_(pairs: list[tuple[nn.Module, nn.Module]], tau: float) -> None:

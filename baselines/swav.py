@@ -104,7 +104,7 @@ class SwAV(JointEmbeddingMethod):
         if self.queues and batch.num_global > len(self.queues):
             raise ValueError(f"the batch has {batch.num_global} global crops but SwAV has {len(self.queues)} queues")
         self.normalize_prototypes()
-        z = [F.normalize(zi, dim=1) for zi in encode_views([self.backbone, self.projector], batch.views)]
+        z = [F.normalize(zi, dim=1) for zi in encode_views([self.backbone, self.projector], batch.views, together=True)]
         scores = [self.prototypes(zi) for zi in z]
         codes = [self.codes(scores[a].detach(), a) for a in range(batch.num_global)]
         loss = swav_loss(scores, codes, self.temperature)

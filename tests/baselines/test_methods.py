@@ -120,12 +120,11 @@ def test_queue_is_first_in_first_out() -> None:
 def test_moco_enqueues_normalised_keys_of_each_view_in_its_own_queue(tiny_backbone, two_views) -> None:
     method = make("moco_v2", tiny_backbone)
     method(Batch(two_views, index=torch.arange(16)))
-    # the target encoder sees both views in one call (BN statistics over 2B): recompute the same way
+    # the target encoder sees each view in its own call (per-view BN statistics): recompute the same way
     with torch.no_grad():
-        keys = method.target_projector(method.target_backbone(torch.cat(two_views)))
-    keys = nn.functional.normalize(keys, dim=1)
-    torch.testing.assert_close(method.queues[0].items[:16], keys[:16])
-    torch.testing.assert_close(method.queues[1].items[:16], keys[16:])
+        keys = [nn.functional.normalize(method.target_projector(method.target_backbone(v)), dim=1) for v in two_views]
+    torch.testing.assert_close(method.queues[0].items[:16], keys[0])
+    torch.testing.assert_close(method.queues[1].items[:16], keys[1])
     assert all(q.index[:16].tolist() == list(range(16)) for q in method.queues)
     method.eval()
     ptr = int(method.queues[0].ptr)
@@ -142,9 +141,10 @@ def test_moco_v2_is_solo_learn_mocov2plus(tiny_backbone, two_views) -> None:
     assert (method.base_tau, method.final_tau) == (0.99, 0.999)
     queues = [q.items.clone() for q in method.queues]
     out = method(Batch(two_views))
-    with torch.no_grad():
-        z = nn.functional.normalize(method.projector(method.backbone(torch.cat(two_views))), dim=1)
-        k = nn.functional.normalize(method.target_projector(method.target_backbone(torch.cat(two_views))), dim=1)
+    with torch.no_grad():  # each view in its own call, as solo-learn does
+        z = torch.cat([nn.functional.normalize(method.projector(method.backbone(v)), dim=1) for v in two_views])
+        k = torch.cat([nn.functional.normalize(method.target_projector(method.target_backbone(v)), dim=1)
+                       for v in two_views])
 
     def info_nce(query, key, queue):
         logits = torch.cat([torch.einsum("nc,nc->n", query, key)[:, None], torch.einsum("nc,kc->nk", query, queue)], 1)
@@ -210,5 +210,20 @@ def test_two_view_methods_reject_other_view_counts(tiny_backbone) -> None:
 def test_encode_views_equals_separate_calls_in_eval_mode(tiny_backbone) -> None:
     tiny_backbone.eval()
     views = [torch.rand(4, 3, 16, 16), torch.rand(4, 3, 16, 16), torch.rand(4, 3, 8, 8)]
-    for got, view in zip(encode_views(tiny_backbone, views), views):
+    for together in (False, True):
+        for got, view in zip(encode_views(tiny_backbone, views, together=together), views):
+            torch.testing.assert_close(got, tiny_backbone(view))
+
+
+def test_views_get_their_own_batch_norm_statistics_in_training_as_in_solo_learn(tiny_backbone) -> None:
+    """In training mode each view is normalised with its own batch statistics (BYOL's official code, solo-learn);
+    ``together=True`` (SwAV) normalises same-resolution views jointly."""
+    tiny_backbone.train()
+    g = torch.Generator().manual_seed(0)
+    views = [torch.rand(4, 3, 16, 16, generator=g), 3 * torch.rand(4, 3, 16, 16, generator=g)]
+    separate = encode_views(tiny_backbone, views)
+    for got, view in zip(separate, views):
         torch.testing.assert_close(got, tiny_backbone(view))
+    joint = encode_views(tiny_backbone, views, together=True)
+    torch.testing.assert_close(torch.cat(joint), tiny_backbone(torch.cat(views)))
+    assert not torch.allclose(joint[0], separate[0])
