@@ -23,7 +23,8 @@
 #   EVAL_EVERY   kNN evaluation period in epochs   (default: EPOCHS/10, at least 1)
 #   OUT          output folder                     (default: runs/noise_tables)
 #   EXTRA        further --set overrides, space-separated
-# Runs that already finished are skipped; interrupted ones resume from their last checkpoint.
+# An existing run is resumed from its last checkpoint (a finished one only prints its results); if its settings differ
+# from the ones asked for (e.g. other EPOCHS), auxssl refuses rather than relabel it: use another OUT.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -58,14 +59,10 @@ for table in $TABLES; do
         [ -n "${TEST_SUBSET:-}" ] && sets+=(--set "eval.test_subset=${TEST_SUBSET}")
         for extra in ${EXTRA:-}; do sets+=(--set "$extra"); done
         dir="${OUT}/table${table}"
-        if [ -f "${dir}/${name}/checkpoints/.done" ]; then
-          echo "== ${name}: done, skipped"; continue
-        fi
         resume=()
         [ -f "${dir}/${name}/run.json" ] && resume=(--resume)
         echo "== table ${table}: ${name}"
         python -m auxssl train "$config" --name "$name" --output-dir "$dir" "${sets[@]}" "${resume[@]}"
-        touch "${dir}/${name}/checkpoints/.done"
       done
     done
   done

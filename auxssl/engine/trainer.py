@@ -22,7 +22,7 @@ from torch import Tensor, nn
 from torch.nn.modules.batchnorm import _BatchNorm
 from torch.utils.checkpoint import checkpoint
 
-from auxssl.config import NoiseConfig, RunConfig, TaskConfig, load_config, save_config, to_dict
+from auxssl.config import NoiseConfig, RunConfig, TaskConfig, from_dict, load_config, save_config, to_dict
 from auxssl.engine.build import (
     SUBSET_SEED,
     RunDatasets,
@@ -54,7 +54,15 @@ from auxssl.errors import InputError, UserError
 from auxssl.eval.knn import KNNProtocol
 from auxssl.eval.linear import OnlineLinearProbe, ProbeConfig
 from auxssl.eval.offline import evaluate_backbone
-from auxssl.eval.tracker import MetricsLog, RunInfo, TrainClock, WindowMeans, read_metrics, write_run_info
+from auxssl.eval.tracker import (
+    RUN_INFO,
+    MetricsLog,
+    RunInfo,
+    TrainClock,
+    WindowMeans,
+    read_metrics,
+    write_run_info,
+)
 from auxssl.noise.control import NoiseControl
 from baselines.backbones import feature_dim
 from baselines.protocol import Batch
@@ -250,6 +258,7 @@ class Trainer:
         self.clock = TrainClock()
         self.log = MetricsLog(self.run_dir) if self.dist.is_main else None
         self.init = None if init is None else str(init)
+        self._config_changed = False
         if resume:
             self._resume(None if resume is True else Path(resume), allow_config_change)
         elif self.dist.is_main and (self.run_dir / "metrics.jsonl").exists():
@@ -259,8 +268,10 @@ class Trainer:
         if self.dist.is_main:
             self.run_dir.mkdir(parents=True, exist_ok=True)
             remove_partial_writes(self.run_dir)
-            save_config(config, self.run_dir / "config.yaml")
-            write_run_info(self.run_dir, self.run_info())
+            # a resumed run keeps the records it was started with, unless its settings were explicitly changed
+            if not (resume and (self.run_dir / RUN_INFO).exists()) or self._config_changed:
+                save_config(config, self.run_dir / "config.yaml")
+                write_run_info(self.run_dir, self.run_info())
         self.sinks = build_sinks(config.logging, self.run_dir, config.name, to_dict(config)) if self.dist.is_main else []
 
     # ------------------------------------------------------------------------------------------ bookkeeping
@@ -330,6 +341,7 @@ class Trainer:
             saved = to_dict(load_config(saved_config))
             for line in check_same_config(saved, requested, str(self.run_dir), allow_config_change):
                 logger.warning("resuming with a changed setting: %s", line)
+                self._config_changed = True
         path = path or find_last_checkpoint(self.run_dir)
         if path is None:
             logger.info("no checkpoint in %s: starting from scratch", self.run_dir)
@@ -337,7 +349,8 @@ class Trainer:
                 self.log.truncate_after(-1)  # records of the interrupted attempt would be duplicated
             return
         state = load_checkpoint(path)
-        check_same_config(state["config"], requested, str(path), allow_config_change)
+        # (settings added to auxssl after the checkpoint was written take their defaults)
+        check_same_config(to_dict(from_dict(RunConfig, state["config"])), requested, str(path), allow_config_change)
         self.model.load_state_dict(state["model"])
         self.optimizer.load_state_dict(state["optimizer"])
         if self.scaler is not None and state["scaler"] is not None:
