@@ -136,6 +136,23 @@ def enable_activation_checkpointing(backbone: nn.Module) -> None:
         setattr(backbone, name, CheckpointedStage(*getattr(backbone, name)))
 
 
+#: Convolutions narrower than this are kept in the default layout on CPU (see `channels_last_is_safe`).
+MIN_CHANNELS_LAST_WIDTH = 16
+
+
+def channels_last_is_safe(model: nn.Module, device: torch.device) -> bool:
+    """False on CPU when a convolution has fewer than 16 output channels (e.g. ``model.width: 8``): with torch 2.15,
+    oneDNN's channels-last convolution backward with 8 channels corrupts the heap as soon as the batch size changes
+    (a batch shortened by a skipped image, a last batch), reproduced with a bare ResNet; the default layout is
+    unaffected."""
+    narrow = any(isinstance(m, nn.Conv2d) and m.out_channels < MIN_CHANNELS_LAST_WIDTH for m in model.modules())
+    if device.type == "cpu" and narrow:
+        logger.info("channels_last off: convolutions narrower than %d channels (oneDNN issue on CPU)",
+                    MIN_CHANNELS_LAST_WIDTH)
+        return False
+    return True
+
+
 def seed_everything(seed: int, deterministic: bool) -> None:
     random.seed(seed)
     np.random.seed(seed)
@@ -211,7 +228,8 @@ class Trainer:
             # identical initial weights on every rank (seeded above); from here on each rank draws its own
             # randomness (rotation labels and other draws from the global RNG)
             seed_everything(process_seed(config.train.seed, self.dist.rank, self.dist.world_size), False)
-        memory_format = torch.channels_last if config.train.channels_last else torch.preserve_format
+        self.channels_last = config.train.channels_last and channels_last_is_safe(self.model, self.device)
+        memory_format = torch.channels_last if self.channels_last else torch.preserve_format
         self.model.to(self.device, memory_format=memory_format)
         self.forward = self.model
         if self.dist.enabled:
@@ -300,7 +318,7 @@ class Trainer:
             "train_images": len(self.train_set), "train_subset": cfg.data.train_subset,
             "image_size": cfg.data.image_size, "backbone": cfg.model.backbone, "recipe": cfg.data.recipe,
             "precision": self.precision.name, "world_size": self.dist.world_size,
-            "backend": resolve_backend(cfg, self.train_set, self.device),
+            "backend": resolve_backend(cfg, self.train_set, self.device), "init": self.init,
         }
         return RunInfo(name=cfg.name, method=cfg.model.method, dataset=cfg.data.dataset,
                        tasks=[task_label(t) for t in cfg.tasks], seed=cfg.train.seed, epochs=cfg.train.epochs,
@@ -387,7 +405,7 @@ class Trainer:
         for group in self.optimizer.param_groups:
             group["lr"] = self.base_lr if group.get("fixed_lr") else lr
         noise = {} if self.noise is None else self.noise.prepare(batch, self.model, self.step)
-        if self.config.train.channels_last:
+        if self.channels_last:
             batch.views = [v.contiguous(memory_format=torch.channels_last) for v in batch.views]
         tap = self.tap.capture() if self.tap is not None else contextlib.nullcontext()
         with tap, self.precision.autocast():

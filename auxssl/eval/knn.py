@@ -37,7 +37,8 @@ def _candidate_topk(rows: int, row_ids: Tensor, cols: Tensor, values: Tensor, k:
     return top, padded_cols.gather(1, pos), counts >= k
 
 
-def exact_topk(queries: Tensor, bank: Tensor, k: int, block: int = 4096, stride: int = SAMPLE_STRIDE) -> tuple[Tensor, Tensor]:
+def exact_topk(queries: Tensor, bank: Tensor, k: int, block: int = 4096, stride: int = SAMPLE_STRIDE,
+               sample: Tensor | None = None) -> tuple[Tensor, Tensor]:
     """The ``k`` most similar bank rows of every query (dot products): the same values as
     ``(queries @ bank.T).topk(k)``, columns equal up to ties, without materialising or fully sorting the matrix.
 
@@ -45,19 +46,24 @@ def exact_topk(queries: Tensor, bank: Tensor, k: int, block: int = 4096, stride:
     (expected ~2k bank rows at or above it). The bank is then scanned in blocks of ``block`` rows, small enough for
     the CPU cache, keeping only the entries ``≥ t``. Any set ``{j : sim_j ≥ t}`` with at least ``k`` members holds
     the ``k`` largest similarities, so the top-k of the kept candidates is the exact top-k; queries with fewer
-    candidates (rare) are recomputed in full.
+    candidates (rare) are recomputed in full. ``sample``: ``bank[::stride]`` made contiguous, when the caller
+    reuses it across query chunks.
     """
     n = len(bank)
     sample_rank = math.ceil(2 * k / stride)
     if n < 8 * k or n // stride < 2 * sample_rank:
         return (queries @ bank.T).topk(k, dim=1)
-    threshold = (queries @ bank[::stride].T).topk(sample_rank, dim=1).values[:, -1:]
-    buffer = torch.empty(len(queries) * min(block, n), dtype=queries.dtype, device=queries.device)
+    sample = bank[::stride].contiguous() if sample is None else sample
+    threshold = (queries @ sample.T).topk(sample_rank, dim=1).values[:, -1:]
+    size = len(queries) * min(block, n)
+    buffer = torch.empty(size, dtype=queries.dtype, device=queries.device)  # reused by every block
+    mask = torch.empty(size, dtype=torch.bool, device=queries.device)
     found: list[tuple[Tensor, Tensor, Tensor]] = []
     for start in range(0, n, block):
         part = bank[start : start + block]
-        sim = torch.mm(queries, part.T, out=buffer[: len(queries) * len(part)].view(len(queries), len(part)))
-        row_ids, cols = (sim >= threshold).nonzero(as_tuple=True)
+        shape = (len(queries), len(part))
+        sim = torch.mm(queries, part.T, out=buffer[: shape[0] * shape[1]].view(shape))
+        row_ids, cols = torch.ge(sim, threshold, out=mask[: shape[0] * shape[1]].view(shape)).nonzero(as_tuple=True)
         found.append((row_ids, cols + start, sim[row_ids, cols]))
     row_ids, cols, values = (torch.cat(parts) for parts in zip(*found))
     top, top_cols, complete = _candidate_topk(len(queries), row_ids, cols, values, k)
@@ -88,8 +94,9 @@ def knn_scores(
     queries = F.normalize(queries.float(), dim=1)
     bank_labels = bank_labels.to(bank.device).long()
     scores = []
+    sample = bank[::SAMPLE_STRIDE].contiguous()
     for q_start in range(0, len(queries), query_chunk):
-        top_sim, top_idx = exact_topk(queries[q_start : q_start + query_chunk], bank, k, block=bank_chunk)
+        top_sim, top_idx = exact_topk(queries[q_start : q_start + query_chunk], bank, k, block=bank_chunk, sample=sample)
         votes = torch.zeros(len(top_sim), num_classes, device=bank.device)
         votes.scatter_add_(1, bank_labels[top_idx], torch.exp(top_sim / temperature))
         scores.append(votes)

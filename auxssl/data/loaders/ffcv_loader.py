@@ -193,16 +193,20 @@ class FFCVLoader:
         return len(self.loader) if self.drop_last else num_batches(self.loader.reader.num_samples, self.batch_size, False)
 
     def __iter__(self) -> Iterator[Batch]:
-        for b, (images, index) in enumerate(self.loader):  # the file's fields in order: image, index
-            self._threads.restore()
-            if b < self.start_batch:
-                continue
-            views, boxes = self.augment(images, derive_seed(self.seed, self.epoch, b, 3))
-            rows = index.long()
-            yield Batch(
-                views=views,
-                index=self.source_index[rows],
-                label=None if self.labels is None else self.labels[rows],
-                num_global=self.recipe.num_global,
-                crop_boxes=boxes,
-            )
+        epoch = iter(self.loader)
+        try:
+            for b, (images, index) in enumerate(epoch):  # the file's fields in order: image, index
+                self._threads.restore()
+                if b < self.start_batch:
+                    continue
+                views, boxes = self.augment(images, derive_seed(self.seed, self.epoch, b, 3))
+                rows = index.long()
+                yield Batch(
+                    views=views,
+                    index=self.source_index[rows],
+                    label=None if self.labels is None else self.labels[rows],
+                    num_global=self.recipe.num_global,
+                    crop_boxes=boxes,
+                )
+        finally:  # an epoch left early (or a loader dropped) must not leave FFCV's reader thread running
+            epoch.close()

@@ -21,6 +21,7 @@ from auxssl.engine.checkpoint import atomic_save, find_last_checkpoint, load_che
 from auxssl.engine.preemption import EXIT_PREEMPTED
 from auxssl.engine.trainer import Trainer, train
 from auxssl.eval.tracker import read_metrics
+from baselines import Batch
 
 
 def tiny(tmp_path: Path, name: str, *extra: str) -> list[str]:
@@ -236,3 +237,13 @@ def test_wandb_offline_run_is_continued_by_resume(tmp_path: Path) -> None:
     offline_runs = list((tmp_path / "run" / "wandb").glob(f"offline-run-*-{run_id}"))
     assert len(offline_runs) >= 1
     assert not (tmp_path / "run" / "tensorboard").exists()  # TensorBoard only when logging.tensorboard is set
+
+
+def test_channels_last_stays_off_for_8_channel_convolutions_on_cpu(tmp_path: Path) -> None:
+    """torch 2.15's oneDNN corrupts the heap in channels-last backward of 8-channel convolutions when the batch size
+    changes (a batch shortened by a corrupt image); such models keep the default layout on CPU."""
+    narrow = Trainer(load_config(None, tiny(tmp_path, "narrow", "model.width=8")))
+    wide = Trainer(load_config(None, tiny(tmp_path, "wide", "model.width=16")))
+    assert not narrow.channels_last and wide.channels_last
+    for batch in (8, 7):  # the sequence that crashed with channels_last
+        narrow.train_step(Batch([torch.rand(batch, 3, 16, 16) for _ in range(2)]))
