@@ -16,8 +16,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from auxssl.data.datasets import ImageDataset
-from auxssl.data.loaders.tensor_loader import TensorLoader
+from auxssl.data.datasets import ImageDataset, ImageSubset
+from auxssl.data.loaders import build_loader
 from auxssl.data.recipes import get_recipe
 from auxssl.eval.features import extract_features
 from auxssl.eval.knn import topk_accuracy
@@ -142,13 +142,12 @@ def linear_probe_augmented(
 ) -> dict[str, float]:
     """The paper-exact protocol: a linear layer on the frozen backbone, trained on fresh random-resized crops
     (scale 0.08–1) and flips every epoch (the backbone stays in eval mode); tested on evaluation-transform
-    features. Costs a backbone forward per training image per epoch."""
-    images, rows = train.to_uint8()
-    keep = np.asarray(train.labels)[rows] >= 0
-    loader = TensorLoader(
-        train, get_recipe("linear_eval", image_size), config.batch_size, labels=train.labels, device=device,
-        seed=config.seed, drop_last=False, images=images[torch.from_numpy(keep)], rows=rows[keep],
-    )
+    features. Costs a backbone forward per training image per epoch. Images held in memory are augmented in
+    batches (tensor backend); others are streamed (torchvision backend), so memory stays bounded by a batch."""
+    labelled = ImageSubset(train, np.flatnonzero(np.asarray(train.labels) >= 0))
+    backend = "tensor" if train.in_memory else "torchvision"
+    loader = build_loader(backend, labelled, get_recipe("linear_eval", image_size), config.batch_size,
+                          labels=labelled.labels, device=device, seed=config.seed, drop_last=False)
     test_x, test_y = extract_features(backbone, test, device=device, image_size=image_size)
     num_classes = int(max(train.labels.max(), test_y.max())) + 1
     torch.manual_seed(config.seed)

@@ -24,7 +24,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from auxssl.data.datasets import ImageDataset
+from auxssl.data.datasets import ImageDataset, ImageSubset
 from auxssl.data.labels import balanced_subset
 from auxssl.data.loaders.tensor_loader import TensorLoader
 from auxssl.data.recipes import get_recipe
@@ -68,12 +68,12 @@ def finetune_semisupervised(
     With ``save_to`` the result (config, accuracies, subset indices) is written there as JSON.
     """
     config = config.resolved()
-    images, rows = train.to_uint8(image_size)
-    row_labels = np.asarray(train.labels)[rows]
-    picked = balanced_subset(row_labels, config.fraction, config.seed)  # positions into rows
-    subset_indices = rows[picked]
-    subset_images = images[torch.from_numpy(picked)]
-    batch_size = min(config.batch_size, len(picked))
+    chosen = balanced_subset(np.asarray(train.labels), config.fraction, config.seed)
+    images, kept = ImageSubset(train, chosen).to_uint8(image_size)  # only the labelled subset is decoded
+    row_labels = np.asarray(train.labels)[chosen[kept]]
+    subset_indices = chosen[kept]
+    subset_images = images
+    batch_size = min(config.batch_size, len(subset_indices))
     loader = TensorLoader(
         train, get_recipe("linear_eval", image_size), batch_size, labels=train.labels,
         device=device, seed=config.seed, drop_last=False, images=subset_images, rows=subset_indices,

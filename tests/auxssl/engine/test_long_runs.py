@@ -55,7 +55,7 @@ def cli(*args: str, env: dict | None = None) -> Process:
 
 
 def wait_for_records(run_dir: Path, process: Process, count: int) -> None:
-    deadline = time.time() + 300
+    deadline = time.time() + 600  # FFCV writes its file and compiles its decoders first
     while len(read_metrics(run_dir, "train")) < count if (run_dir / "metrics.jsonl").exists() else True:
         assert process.poll() is None, process.output()[-2000:]
         assert time.time() < deadline, "no training record appeared"

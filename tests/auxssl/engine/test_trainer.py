@@ -98,7 +98,7 @@ def test_nan_loss_stops_and_keeps_the_last_good_checkpoint(tmp_path: Path) -> No
     last_good = find_last_checkpoint(good.run_dir)
     exploding = load_config(None, tiny(tmp_path, "nan", "train.epochs=2", "optim.lr=1e30", "train.checkpoint_every_steps=1"))
     with pytest.raises(NonFiniteLossError, match="Last good checkpoint: ") as error:
-        train(exploding, resume=True)
+        train(exploding, resume=True, allow_config_change=True)  # the explosion is provoked on purpose
     named = Path(str(error.value).split("Last good checkpoint: ")[1].split(". ")[0])
     assert named == find_last_checkpoint(good.run_dir) and named.is_file()
     failed_step = int(str(error.value).split("step ")[1].split(" ")[0])
@@ -198,7 +198,7 @@ def test_online_probe_gets_only_the_current_training_features(tmp_path: Path) ->
     batch = next(iter(trainer.loader))
     before = copy.deepcopy(trainer.model.backbone).train()
     with torch.no_grad():
-        expected = before(torch.cat(batch.views))[: batch.size]
+        expected = before(batch.views[0])  # each view has its own call (and batch-norm statistics)
     trainer.train_step(batch)
     assert len(received) == 1
     features, labels = received[0]
