@@ -42,7 +42,7 @@ class NoiseControl:
                  device: torch.device | str = "cpu") -> None:
         self.config, self.seed, self.rank = config, seed, rank
         labels = np.asarray(train.labels, dtype=np.int64)
-        if config.active and not (labels >= 0).all() and (config.fn_elimination or config.fn_injection.classes_per_batch):
+        if (config.fn_elimination or config.fn_injection.classes_per_batch) and not (labels >= 0).all():
             raise InputError("noise.fn_elimination and noise.fn_injection need a label for every training image")
         source = train.source_indices()
         table = np.full(len(train.source), -1, dtype=np.int64)

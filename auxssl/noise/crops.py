@@ -90,3 +90,15 @@ def force_good_crops(
     first = torch.where(good.any(dim=1), good.int().argmax(dim=1), torch.full_like(good[:, 0], -1, dtype=torch.long))
     chosen = boxes[torch.arange(len(boxes)), first.clamp_min(0)]
     return torch.where((first >= 0).unsqueeze(-1), chosen, reference.long())
+
+
+def redraw_some_good(
+    crops: Tensor, reference: Tensor, image_height: Tensor, image_width: Tensor, scale: tuple[float, float],
+    ratio: tuple[float, float], fraction: float, min_iou: float, generator: torch.Generator,
+) -> Tensor:
+    """``crops`` ``(n, 4)`` (pixel ``left, top, width, height``) with each one, with probability ``fraction``,
+    replaced by a crop that is good with its ``reference`` crop (`force_good_crops`); draws from ``generator`` only,
+    so every other augmentation stays that of the unforced run."""
+    forced = torch.rand(len(crops), generator=generator) < fraction
+    good = force_good_crops(reference, image_height, image_width, scale, ratio, min_iou, generator)
+    return torch.where(forced.unsqueeze(1), good, crops.long())

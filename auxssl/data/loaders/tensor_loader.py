@@ -19,7 +19,7 @@ from auxssl.data.loaders.base import (
     visible_labels,
 )
 from auxssl.data.recipes import Recipe, ViewSpec
-from auxssl.noise.crops import crop_to_box, force_good_crops
+from auxssl.noise.crops import crop_to_box, redraw_some_good
 from baselines.protocol import Batch
 
 
@@ -28,25 +28,20 @@ class _Clamp01(nn.Module):
         return x.clamp(0.0, 1.0)
 
 
-def kornia_augmentation(
-    spec: ViewSpec, mean: Sequence[float], std: Sequence[float], geometric: bool = True
-) -> nn.Sequential:
+def kornia_augmentation(spec: ViewSpec, mean: Sequence[float], std: Sequence[float]) -> nn.Sequential:
     """The batched pipeline of one view for float images in [0, 1]; parameters are drawn per sample.
 
     One deliberate difference from the torchvision backend: kornia's ``ColorJitter`` draws the *order* of its
     four adjustments (brightness, contrast, saturation, hue) once per batch, torchvision once per sample. The
     strengths and the application probability are still drawn per sample.
-
-    ``geometric=False`` leaves out crop and flip (for backends that crop while decoding, e.g. FFCV).
     """
     steps: list[nn.Module] = []
-    if geometric:
-        if spec.scale is not None:
-            steps.append(K.RandomResizedCrop((spec.size, spec.size), scale=spec.scale, ratio=spec.ratio))
-        else:
-            steps.append(K.Resize((spec.size, spec.size), antialias=True))
-        if spec.flip_p > 0:
-            steps.append(K.RandomHorizontalFlip(p=spec.flip_p))
+    if spec.scale is not None:
+        steps.append(K.RandomResizedCrop((spec.size, spec.size), scale=spec.scale, ratio=spec.ratio))
+    else:
+        steps.append(K.Resize((spec.size, spec.size), antialias=True))
+    if spec.flip_p > 0:
+        steps.append(K.RandomHorizontalFlip(p=spec.flip_p))
     if spec.jitter_p > 0:
         steps.append(K.ColorJitter(*spec.jitter, p=spec.jitter_p))
     if spec.grayscale_p > 0:
@@ -113,16 +108,14 @@ class KorniaViews:
         return views, torch.stack([crop_to_box(c, size) for c in crops]).to(self.device)
 
     def _force_good(self, corners: Tensor, reference: Tensor, image_size: torch.Size, seed: int) -> Tensor:
-        """Redraw the crop of the samples forced to be good pairs (from their own generator, so that every other
-        augmentation is that of the unforced run)."""
-        spec = self.recipe.views[1]
-        assert self.good_crops is not None and spec.scale is not None
-        generator = torch.Generator().manual_seed(derive_seed(seed, 6))
+        """Redraw the second view's crop of the samples forced to be good pairs."""
+        spec, good = self.recipe.views[1], self.good_crops
+        assert good is not None and spec.scale is not None
         n = corners.shape[0]
-        forced = torch.rand(n, generator=generator) < self.good_crops.fraction
-        height, width = torch.full((n,), image_size[0]), torch.full((n,), image_size[1])
-        good = force_good_crops(reference, height, width, spec.scale, spec.ratio, self.good_crops.min_iou, generator)
-        return torch.where(forced.view(n, 1, 1).to(corners.device), _crop_to_corners(good).to(corners), corners)
+        crops = redraw_some_good(_corners_to_crop(corners).cpu(), reference, torch.full((n,), image_size[0]),
+                                 torch.full((n,), image_size[1]), spec.scale, spec.ratio, good.fraction, good.min_iou,
+                                 torch.Generator().manual_seed(derive_seed(seed, 6)))
+        return _crop_to_corners(crops).to(corners)
 
 
 class TensorLoader:

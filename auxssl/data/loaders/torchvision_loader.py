@@ -22,7 +22,7 @@ from auxssl.data.loaders.base import (
     visible_labels,
 )
 from auxssl.data.recipes import Recipe, ViewSpec
-from auxssl.noise.crops import crop_to_box, force_good_crops
+from auxssl.noise.crops import crop_to_box, redraw_some_good
 from baselines.protocol import Batch
 
 
@@ -109,14 +109,10 @@ class _MultiViewDataset(Dataset):
         return views, row, boxes
 
     def _force_good(self, box: Tensor, reference: Tensor, height: int, width: int, seed: int) -> Tensor:
-        assert self.good_crops is not None
-        spec = self.recipe.views[1]
-        assert spec.scale is not None
-        generator = torch.Generator().manual_seed(derive_seed(seed, 6))
-        if float(torch.rand(1, generator=generator)) >= self.good_crops.fraction:
-            return box
-        return force_good_crops(reference, torch.tensor([height]), torch.tensor([width]), spec.scale, spec.ratio,
-                                self.good_crops.min_iou, generator)
+        spec, good = self.recipe.views[1], self.good_crops
+        assert good is not None and spec.scale is not None
+        return redraw_some_good(box, reference, torch.tensor([height]), torch.tensor([width]), spec.scale, spec.ratio,
+                                good.fraction, good.min_iou, torch.Generator().manual_seed(derive_seed(seed, 6)))
 
 
 def _collate(samples: list[_Sample | None]) -> tuple[list[Tensor], Tensor, Tensor | None, int]:

@@ -117,8 +117,10 @@ def test_resume_refuses_other_settings_and_a_finished_run_is_not_relabelled(tmp_
     assert load_config(config.run_dir / "config.yaml").train.seed == 0  # nothing rewritten
     # the CLI says so in one line, exit 2
     save_config(changed, tmp_path / "changed.yaml")
+    capsys.readouterr()
     assert main(["train", str(tmp_path / "changed.yaml"), "--resume"]) == 2
-    assert capsys.readouterr().err.startswith("auxssl: error: ") and "--allow-config-change" in capsys.readouterr().err + "--allow-config-change"
+    err = capsys.readouterr().err
+    assert err.startswith("auxssl: error: ") and "--allow-config-change" in err
     # explicitly allowed: continues to epoch 2
     assert main(["train", str(tmp_path / "changed.yaml"), "--resume", "--allow-config-change"]) == 0
     assert read_metrics(config.run_dir, "eval")[-1]["epoch"] == 2
