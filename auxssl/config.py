@@ -88,6 +88,7 @@ class TrainConfig:
 @dataclass
 class EvalConfig:
     every_epochs: int = 5  # evaluate every N epochs and after the last; 0: never evaluate
+    at_start: bool = False  # also evaluate the initial weights (an epoch-0 record: the level training starts from)
     dataset: str | None = None  # a separate labelled evaluation set (kNN bank = its train split); None: data.dataset
     root: str | None = None  # its root (folder datasets, torchvision datasets, archive path)
     test_subset: int | None = None  # evaluate on a fixed random sample of N test images (quick runs); None: all

@@ -41,7 +41,10 @@ class Run:
         return None
 
     def first_reaching(self, metric: str, target: float) -> dict | None:
+        """The first evaluation after training began (never the initial weights' record) at or above ``target``."""
         for record in self.evals:
+            if record["step"] == 0:
+                continue
             value = record.get(metric)
             if value is not None and value >= target:
                 return record

@@ -292,3 +292,18 @@ def test_checkpoint_writing_is_not_training_time(tmp_path: Path, monkeypatch) ->
     saves = 5  # 4 steps, plus the epoch end
     recorded = read_metrics(config.run_dir, "eval")[-1]["train_time_s"]
     assert recorded < wall - 0.9 * 0.5 * saves, (recorded, wall)
+
+
+def test_evaluation_at_start_records_the_initial_weights_once(tmp_path: Path) -> None:
+    """eval.at_start adds an epoch-0 record: the initial backbone's kNN, before any step or training time."""
+    config = load_config(None, tiny(tmp_path, "start", "eval.at_start=true"))
+    trainer = Trainer(config)
+    initial = trainer.evaluate()
+    trainer.fit()
+    evals = read_metrics(config.run_dir, "eval")
+    assert [r["epoch"] for r in evals] == [0, 1, 2]
+    first = evals[0]
+    assert first["step"] == 0 and first["train_time_s"] == 0 and first["knn/top1"] == initial["knn/top1"]
+    resumed = Trainer(config, resume=True)  # finished: returns its numbers, evaluates nothing again
+    resumed.fit()
+    assert len(read_metrics(config.run_dir, "eval")) == 3

@@ -69,6 +69,18 @@ def test_report_marks_seeds_that_never_reach_the_baseline(tmp_path: Path) -> Non
     assert "not reached" in md and "0/1" in md
 
 
+def test_an_initial_evaluation_never_counts_as_reaching_the_baseline(tmp_path: Path) -> None:
+    """An epoch-0 record (eval.at_start) measures the initialisation: a variant whose random features already beat a
+    baseline that learned nothing reaches it at its first trained evaluation, not at epoch 0."""
+    make_run(tmp_path, "base", [], 0, lambda e: 30.0, 1.0)  # flat at 30
+    rot = make_run(tmp_path, "rot", ["rotation"], 0, lambda e: 31.0, 1.0)
+    initial = {"kind": "eval", "epoch": 0, "step": 0, "images_seen": 0, "train_time_s": 0.0, "knn/top1": 31.0}
+    metrics = rot / "metrics.jsonl"
+    metrics.write_text(json.dumps(initial) + "\n" + metrics.read_text())  # logged first, as the trainer does
+    md = write_report([tmp_path], tmp_path / "out").markdown.read_text()
+    assert "10.0 ep" in md and "10.00×" in md  # reached at epoch 10 (the first trained evaluation): 100/10
+
+
 def test_report_refuses_to_mix_protocols(runs: Path, tmp_path: Path) -> None:
     other = {**EVALUATION, "knn": {"k": 20, "temperature": 0.07}}
     make_run(runs, "other", [], 2, lambda e: e * 0.8, 10.0, evaluation=other)
