@@ -52,7 +52,7 @@ run_one() {  # arm seed
   [ -f "${OUT}/${name}/run.json" ] && resume=(--resume)
   echo "== ${name} start $(date -u +%H:%M:%S)"
   OMP_NUM_THREADS=$THREADS python -m auxssl train "$CONFIG" --name "$name" --output-dir "$OUT" "${sets[@]}" \
-    "${resume[@]}" > "${OUT}/${name}.log" 2>&1 || { echo "== ${name} failed: see ${OUT}/${name}.log" >&2; return 1; }
+    "${resume[@]}" >> "${OUT}/${name}.log" 2>&1 || { echo "== ${name} failed: see ${OUT}/${name}.log" >&2; return 1; }
   echo "== ${name} done $(date -u +%H:%M:%S)"
 }
 

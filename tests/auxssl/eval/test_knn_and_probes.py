@@ -24,7 +24,7 @@ from auxssl.eval import (
     mlp_probe,
 )
 from auxssl.eval.features import normalise_images
-from auxssl.eval.knn import exact_topk
+from auxssl.eval.knn import bf16_similarity_error, exact_topk, scan_dtype
 from baselines import build_backbone
 
 
@@ -75,7 +75,8 @@ def test_chunk_sizes_do_not_change_results() -> None:
     torch.testing.assert_close(whole, chunked)
 
 
-def test_exact_topk_selects_the_full_topk_including_the_fallback_rows() -> None:
+@pytest.mark.parametrize("scan", [torch.float32, torch.bfloat16])
+def test_exact_topk_selects_the_full_topk_including_the_fallback_rows(scan: torch.dtype) -> None:
     """The candidate selection gives `topk`'s values and columns; rows whose sampled threshold is too high (here
     every strongly similar bank row sits on a sampled position) fall back to the full computation."""
     g = torch.Generator().manual_seed(0)
@@ -84,12 +85,60 @@ def test_exact_topk_selects_the_full_topk_including_the_fallback_rows() -> None:
     near = F.normalize(queries[0] + 0.05 * torch.randn(250, 32, generator=g), dim=1)
     bank[::16] = near  # query 0: its 250 most similar rows are all sampled → too few candidates
     for k in (1, 10, 200):
-        values, columns = exact_topk(queries, bank, k, block=512)
+        values, columns = exact_topk(queries, bank, k, block=512, scan_bank=bank.to(scan))
         full_values, full_columns = (queries @ bank.T).topk(k, dim=1)
         torch.testing.assert_close(values, full_values)
         torch.testing.assert_close(torch.gather(queries @ bank.T, 1, columns), full_values)  # same values, ties aside
     sample_threshold = (queries[:1] @ bank[::16].T).topk(25, dim=1).values[:, -1]
     assert int(((queries[:1] @ bank.T) >= sample_threshold).sum()) < 200  # the fallback really ran for k = 200
+
+
+def test_bf16_scan_is_exact_where_bf16_scrambles_the_ranking() -> None:
+    """Per query, 150 bank rows are clearly closest, the next 100 have similarities packed into a band of width
+    0.002 (finer than bf16 resolves: its products err by up to ~0.008) holding the 200th value, and 300 follow
+    well below. The bf16 scan ranks the band wrongly; the fp32 rescoring of the kept rows must still give the
+    exact top-200 values and votes (with the bf16 values kept instead, this fails)."""
+    g = torch.Generator().manual_seed(1)
+    dim, k = 64, 200
+    queries = F.normalize(torch.randn(8, dim, generator=g), dim=1)
+    rows = []
+    for q in queries:
+        sims = torch.cat([0.7 + 0.05 * torch.rand(150, generator=g), 0.6 + 0.002 * torch.rand(100, generator=g),
+                          0.45 + 0.05 * torch.rand(300, generator=g), 0.2 * torch.rand(950, generator=g)])
+        other = torch.randn(len(sims), dim, generator=g)
+        other = F.normalize(other - (other @ q)[:, None] * q, dim=1)  # orthogonal to q
+        rows.append(sims[:, None] * q + (1 - sims[:, None] ** 2).sqrt() * other)
+    bank = torch.cat(rows)[torch.randperm(12000, generator=g)]
+    exact = queries @ bank.T
+    bf16 = (queries.bfloat16() @ bank.bfloat16().T).float()
+    assert not torch.equal(bf16.topk(k, dim=1).indices.sort(1).values, exact.topk(k, dim=1).indices.sort(1).values)
+    values, columns = exact_topk(queries, bank, k, block=1000, scan_bank=bank.bfloat16())
+    torch.testing.assert_close(values, exact.topk(k, dim=1).values)
+    torch.testing.assert_close(torch.gather(exact, 1, columns), values)
+    labels = torch.arange(len(bank)) % 7
+    votes = {scan: knn_scores(bank, labels, queries, k=k, temperature=0.1, num_classes=7, bank_chunk=1000, scan=scan)
+             for scan in (torch.float32, torch.bfloat16)}
+    torch.testing.assert_close(votes[torch.bfloat16], votes[torch.float32])
+
+
+def test_bf16_error_bound_holds_where_every_rounding_errs_the_same_way() -> None:
+    """Every entry of q = b is 2⁻⁴·(1 + 2⁻⁸ − 2⁻¹⁸): just under a bf16 rounding midpoint, so each rounds down by
+    almost the unit roundoff u = 2⁻⁸ and the bf16 dot product (exactly 1.0) falls short of the true one by ≈ 2u,
+    the worst case. The bound (2u + u² + accumulation) must cover it, and a bound of u would not."""
+    dim = 256
+    q = torch.full((1, dim), 2.0**-4 * (1 + 2.0**-8 - 2.0**-18), dtype=torch.float64)
+    exact = float(q @ q.T)
+    approx = float(q.float().bfloat16() @ q.float().bfloat16().T)
+    assert approx == 1.0
+    norms = float(q.norm()) ** 2  # the bound is for unit vectors: scale by |q||b|
+    assert exact - approx <= bf16_similarity_error(dim) * norms
+    assert exact - approx > 2.0**-8 * norms
+
+
+def test_knn_scans_in_bf16_only_where_bf16_is_native_on_the_cpu() -> None:
+    assert scan_dtype(torch.device("cpu")) == (torch.bfloat16 if torch.ops.mkldnn._is_mkldnn_bf16_supported()
+                                              else torch.float32)
+    assert scan_dtype(torch.device("cuda")) == torch.float32
 
 
 def test_knn_evaluate_reports_percentages_and_ignores_unlabelled_bank() -> None:
