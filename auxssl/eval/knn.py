@@ -91,9 +91,10 @@ def exact_topk(queries: Tensor, bank: Tensor, k: int, block: int = 4096, stride:
     (expected ~2k bank rows at or above it). The bank is then scanned in blocks of ``block`` rows, small enough for
     the CPU cache, keeping the entries ``≥ t``. The scan runs in the dtype of ``scan_bank`` (default: ``bank``
     itself, fp32); a bf16 ``scan_bank`` makes the scan approximate within ``e = bf16_similarity_error``, so the
-    threshold is lowered to ``t − e`` and the kept entries are scored again in fp32. Every entry left out has
-    ``sim < t + e`` (``< t`` for an fp32 scan), so when a query's k-th best kept score reaches that bound, the
-    top-k of its kept entries is its exact top-k; the other queries (rare) are recomputed in full.
+    threshold is lowered to ``t' = t − e`` (rounded to bf16) and the kept entries are scored again in fp32. Every
+    entry left out has ``sim < t' + e`` (``< t`` for an fp32 scan, ``e = 0``), so when a query's k-th best kept
+    score reaches that bound, the top-k of its kept entries is its exact top-k; the other queries (rare) are
+    recomputed in full.
     ``sample``: ``scan_bank[::stride]`` made contiguous, when the caller reuses it across query chunks.
     """
     n = len(bank)
