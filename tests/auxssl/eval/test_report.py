@@ -18,10 +18,10 @@ EVALUATION = {"data": {"dataset": "cifar10", "image_size": 32, "bank_size": 5000
 
 
 def make_run(root: Path, name: str, tasks: list[str], seed: int, acc, seconds_per_epoch: float, protocol=PROTOCOL,
-             evaluation=None, linear: float | None = None) -> Path:
+             evaluation=None, linear: float | None = None, method: str = "byol") -> Path:
     run = root / name
     evaluation = EVALUATION if evaluation is None else evaluation
-    write_run_info(run, RunInfo(name=name, method="byol", dataset="cifar10", tasks=tasks, seed=seed, epochs=100,
+    write_run_info(run, RunInfo(name=name, method=method, dataset="cifar10", tasks=tasks, seed=seed, epochs=100,
                                 protocol=protocol, evaluation=evaluation, budget={"epochs": 100, "batch_size": 256}))
     log = MetricsLog(run)
     for epoch in range(10, 101, 10):
@@ -67,6 +67,22 @@ def test_report_marks_seeds_that_never_reach_the_baseline(tmp_path: Path) -> Non
     make_run(tmp_path, "slow", ["rotation"], 0, lambda e: 0.5 * e, 1.0)  # final 50
     md = write_report([tmp_path], tmp_path / "out").markdown.read_text()
     assert "not reached" in md and "0/1" in md
+
+
+def test_a_control_without_base_loss_is_timed_against_every_baseline(tmp_path: Path) -> None:
+    """Rotation alone (method none, the paper's table-4 control) has no baseline of its own: it is paired with
+    each base method of its dataset, so the report says whether the task alone reaches what they reach."""
+    make_run(tmp_path, "byol", [], 0, lambda e: 0.8 * e, 10.0, method="byol")  # final 80
+    make_run(tmp_path, "simclr", [], 0, lambda e: 0.5 * e, 10.0, method="simclr")  # final 50
+    make_run(tmp_path, "rot", ["rotation"], 0, lambda e: 1.0 * e, 5.0, method="none")  # 50 at 50, 80 at 80
+    md = write_report([tmp_path], tmp_path / "out").markdown.read_text()
+    timing = md[md.index("## Time to the baseline's accuracy"):]
+    rows = [line for line in timing.splitlines() if line.startswith("| none+rotation |")]
+    assert len(rows) == 2
+    byol_row, simclr_row = sorted(rows, key=lambda line: "simclr" in line)
+    assert "| byol | 80.00 |" in byol_row and "80.0 ep" in byol_row and "1.25×" in byol_row  # 100/80
+    assert "400 s" in byol_row and "2.50×" in byol_row  # 80·5 s; 1000/400
+    assert "| simclr | 50.00 |" in simclr_row and "50.0 ep" in simclr_row and "2.00×" in simclr_row
 
 
 def test_an_initial_evaluation_never_counts_as_reaching_the_baseline(tmp_path: Path) -> None:
