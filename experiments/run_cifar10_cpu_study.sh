@@ -11,12 +11,12 @@
 #   rotation_only       rotation prediction alone (no base loss; lambda 1)
 #   simclr              SimCLR
 #   simclr_rotation     SimCLR + rotation prediction
-# Knobs: ARMS; SEEDS (default "0 1 2" for the BYOL pair, "0 1" for the 16 px variant and rotation alone, "0" for
-# the SimCLR pair); PARALLEL (runs at a time, default 2; each gets nproc/PARALLEL threads: on 2 cores two 1-thread
-# runs train ~8% more images/s than one 2-thread run); OUT (runs); RESULTS; EXTRA (--set ...). Runs start in the
-# order listed, seed by seed, so the first seed of every arm finishes before the later seeds. Interrupted runs
-# resume from their last checkpoint; finished runs are not retrained (auxssl prints their results) and a run whose
-# settings differ from the ones asked for is refused, never relabelled.
+# Knobs: ARMS; SEEDS (default "0 1 2" for the BYOL pair, "0 1" for the other arms); PARALLEL (runs at a time,
+# default 2; each gets nproc/PARALLEL threads: on 2 cores two 1-thread runs train ~8% more images/s than one
+# 2-thread run); OUT (runs); RESULTS; EXTRA (--set ...). Runs start in the order listed, seed by seed, so the first
+# seed of every arm finishes before the later seeds. Interrupted runs resume from their last checkpoint; finished
+# runs are not retrained (auxssl prints their results) and a run whose settings differ from the ones asked for is
+# refused, never relabelled.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -42,7 +42,7 @@ arm_sets() {  # one override per line
 
 arm_seeds() {
   if [ -n "${SEEDS:-}" ]; then echo "$SEEDS"; return; fi
-  case "$1" in byol|byol_rotation) echo "0 1 2" ;; byol_rotation16|rotation_only) echo "0 1" ;; *) echo "0" ;; esac
+  case "$1" in byol|byol_rotation) echo "0 1 2" ;; *) echo "0 1" ;; esac
 }
 
 run_one() {  # arm seed
