@@ -12,8 +12,8 @@
 #   simclr              SimCLR
 #   simclr_rotation     SimCLR + rotation prediction
 # Knobs: ARMS; SEEDS (default "0 1 2" for the BYOL pair, "0 1" for the other arms); PARALLEL (runs at a time,
-# default 2; each gets nproc/PARALLEL threads: on 2 cores two 1-thread runs train ~8% more images/s than one
-# 2-thread run); OUT (runs); RESULTS; EXTRA (--set ...). Runs start in the order listed, seed by seed, so the first
+# default 2); THREADS per run (default nproc/PARALLEL: on 2 cores two 1-thread runs train ~8% more images/s than
+# one 2-thread run); OUT (runs); RESULTS; EXTRA (--set ...). Runs start in the order listed, seed by seed, so the first
 # seed of every arm finishes before the later seeds. Interrupted runs resume from their last checkpoint; finished
 # runs are not retrained (auxssl prints their results) and a run whose settings differ from the ones asked for is
 # refused, never relabelled.
@@ -25,7 +25,7 @@ ARMS=${ARMS:-"byol byol_rotation byol_rotation16 rotation_only simclr simclr_rot
 OUT=${OUT:-runs/cifar10-cpu-study}
 RESULTS=${RESULTS:-experiments/results/cifar10-cpu}
 PARALLEL=${PARALLEL:-2}
-THREADS=$(( $(nproc) / PARALLEL > 0 ? $(nproc) / PARALLEL : 1 ))
+THREADS=${THREADS:-$(( $(nproc) / PARALLEL > 0 ? $(nproc) / PARALLEL : 1 ))}
 mkdir -p "$OUT"
 
 arm_sets() {  # one override per line
