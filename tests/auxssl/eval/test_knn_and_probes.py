@@ -24,7 +24,7 @@ from auxssl.eval import (
     mlp_probe,
 )
 from auxssl.eval.features import normalise_images
-from auxssl.eval.knn import bf16_similarity_error, exact_topk, scan_dtype
+from auxssl.eval.knn import _at_least, bf16_similarity_error, exact_topk, scan_dtype
 from baselines import build_backbone
 
 
@@ -119,6 +119,18 @@ def test_bf16_scan_is_exact_where_bf16_scrambles_the_ranking() -> None:
     votes = {scan: knn_scores(bank, labels, queries, k=k, temperature=0.1, num_classes=7, bank_chunk=1000, scan=scan)
              for scan in (torch.float32, torch.bfloat16)}
     torch.testing.assert_close(votes[torch.bfloat16], votes[torch.float32])
+
+
+@pytest.mark.parametrize("shift", [0.5, 0.0, -0.5])
+def test_bf16_comparison_on_bit_patterns_matches_the_float_comparison(shift: float) -> None:
+    """The scan compares bf16 similarities on their int16 bit patterns when every threshold is positive (same
+    order there); with a zero or negative threshold it must compare the floats (the bit order is reversed for
+    negative numbers). Checked against float32 ``>=`` for positive, mixed and negative thresholds."""
+    g = torch.Generator().manual_seed(3)
+    sims = (torch.randn(64, 300, generator=g) * 0.5).bfloat16()
+    thresholds = (shift + 0.15 * torch.randn(64, 1, generator=g)).bfloat16()
+    got = _at_least(sims, thresholds, torch.empty(sims.shape, dtype=torch.bool))
+    assert torch.equal(got, sims.float() >= thresholds.float())
 
 
 def test_bf16_error_bound_holds_where_every_rounding_errs_the_same_way() -> None:
