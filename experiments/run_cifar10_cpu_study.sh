@@ -13,10 +13,10 @@
 #   simclr_rotation     SimCLR + rotation prediction
 # Knobs: ARMS; SEEDS (default "0 1 2" for the BYOL pair, "0 1" for the other arms); PARALLEL (runs at a time,
 # default 2); THREADS per run (default nproc/PARALLEL: on 2 cores two 1-thread runs train ~8% more images/s than
-# one 2-thread run); OUT (runs); RESULTS; EXTRA (--set ...). Runs start in the order listed, seed by seed, so the first
-# seed of every arm finishes before the later seeds. Interrupted runs resume from their last checkpoint; finished
-# runs are not retrained (auxssl prints their results) and a run whose settings differ from the ones asked for is
-# refused, never relabelled.
+# one 2-thread run); OUT (runs); RESULTS; EXTRA (--set ...). Runs start in the order listed, seed by seed, so
+# the first seed of every arm finishes before the later seeds. Interrupted runs resume from their last
+# checkpoint; finished runs are not retrained (auxssl prints their results) and a run whose settings differ from
+# the ones asked for is refused, never relabelled.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -57,11 +57,15 @@ run_one() {  # arm seed
 }
 
 queue=()  # "arm seed", seed-major so every arm's first seed comes first
-for round in 0 1 2 3 4 5 6 7 8 9; do
+round=0
+while :; do
+  added=0
   for arm in $ARMS; do
     seeds=($(arm_seeds "$arm"))
-    [ "$round" -lt "${#seeds[@]}" ] && queue+=("$arm ${seeds[$round]}")
+    if [ "$round" -lt "${#seeds[@]}" ]; then queue+=("$arm ${seeds[$round]}"); added=1; fi
   done
+  [ "$added" -eq 1 ] || break
+  round=$((round + 1))
 done
 
 failed=0
