@@ -11,6 +11,8 @@
 #   rotation_only       rotation prediction alone (no base loss; lambda 1)
 #   simclr              SimCLR
 #   simclr_rotation     SimCLR + rotation prediction
+#   ARM@E               ARM trained with its own E-epoch cosine schedule (warm-up E/24 epochs, the same fraction as
+#                       the 24-epoch runs), e.g. byol@8 byol_rotation@12 byol@40; runs are named ARM-eE-sSEED
 # Knobs: ARMS; SEEDS (default "0 1 2" for the BYOL pair, "0 1" for the other arms); PARALLEL (runs at a time,
 # default 2); THREADS per run (default nproc/PARALLEL: on 2 cores two 1-thread runs train ~8% more images/s than
 # one 2-thread run); OUT (runs); RESULTS; EXTRA (--set ...). Runs start in the order listed, seed by seed, so
@@ -42,12 +44,18 @@ arm_sets() {  # one override per line
 
 arm_seeds() {
   if [ -n "${SEEDS:-}" ]; then echo "$SEEDS"; return; fi
-  case "$1" in byol|byol_rotation) echo "0 1 2" ;; *) echo "0 1" ;; esac
+  case "${1%@*}" in byol|byol_rotation) echo "0 1 2" ;; *) echo "0 1" ;; esac
 }
 
-run_one() {  # arm seed
-  local name="$1-s$2" sets=(--set "train.seed=$2") resume=() overrides s
-  mapfile -t overrides < <(arm_sets "$1")
+run_one() {  # arm[@epochs] seed
+  local arm=${1%@*} name="$1-s$2" sets=(--set "train.seed=$2") resume=() overrides s
+  if [[ "$1" == *@* ]]; then
+    local epochs=${1#*@}
+    [[ "$epochs" =~ ^[1-9][0-9]*$ ]] || { echo "bad epoch count in arm $1" >&2; return 1; }
+    name="${arm}-e${epochs}-s$2"
+    sets+=(--set "train.epochs=${epochs}" --set "optim.warmup_epochs=$(python -c "print(${epochs} / 24)")")
+  fi
+  mapfile -t overrides < <(arm_sets "$arm")
   for s in "${overrides[@]}" ${EXTRA:-}; do sets+=(--set "$s"); done
   [ -f "${OUT}/${name}/run.json" ] && resume=(--resume)
   echo "== ${name} start $(date -u +%H:%M:%S)"
@@ -55,6 +63,8 @@ run_one() {  # arm seed
     "${resume[@]}" >> "${OUT}/${name}.log" 2>&1 || { echo "== ${name} failed: see ${OUT}/${name}.log" >&2; return 1; }
   echo "== ${name} done $(date -u +%H:%M:%S)"
 }
+
+for arm in $ARMS; do arm_sets "${arm%@*}" > /dev/null || exit 2; done
 
 queue=()  # "arm seed", seed-major so every arm's first seed comes first
 round=0
