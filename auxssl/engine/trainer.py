@@ -334,7 +334,7 @@ class Trainer:
                 "head": self.online_probe.state_dict(), "optimizer": self.online_probe.optimizer.state_dict()},
             "step": self.step, "epoch": self.epoch, "batch_in_epoch": self.batch_in_epoch,
             "images_seen": self.images_seen, "train_time_s": self.clock.elapsed,
-            "rng": rng_state(), "config": to_dict(self.config),
+            "train_cpu_s": self.clock.cpu_elapsed, "rng": rng_state(), "config": to_dict(self.config),
         }
 
     def save_checkpoint(self) -> Path | None:
@@ -378,7 +378,7 @@ class Trainer:
             self.online_probe.optimizer.load_state_dict(state["online_probe"]["optimizer"])
         self.step, self.epoch, self.batch_in_epoch = state["step"], state["epoch"], state["batch_in_epoch"]
         self.images_seen = state["images_seen"]
-        self.clock = TrainClock(state["train_time_s"])
+        self.clock = TrainClock(state["train_time_s"], state.get("train_cpu_s", 0.0))
         set_rng_state(state["rng"])
         if self.log is not None:
             self.log.truncate_after(self.step)
@@ -468,7 +468,8 @@ class Trainer:
         if self.log is None:
             return
         self.log.append(kind, epoch=round(self.step / self.steps_per_epoch, 4), step=self.step,
-                        images_seen=self.images_seen, train_time_s=self.clock.elapsed, **metrics)
+                        images_seen=self.images_seen, train_time_s=self.clock.elapsed,
+                        train_cpu_s=self.clock.cpu_elapsed, **metrics)
         for sink in self.sinks:
             sink.log(kind, metrics, self.step)
 
@@ -551,7 +552,7 @@ class Trainer:
         records = read_metrics(self.run_dir, "eval")
         if not records:
             return {}
-        bookkeeping = {"kind", "epoch", "step", "images_seen", "train_time_s", "time"}
+        bookkeeping = {"kind", "epoch", "step", "images_seen", "train_time_s", "train_cpu_s", "time"}
         return {k: v for k, v in records[-1].items() if k not in bookkeeping}
 
     def _evaluates_after(self, epoch: int) -> bool:

@@ -2,7 +2,8 @@
 (``metrics.jsonl``, one JSON object per line, appended and flushed as training goes).
 
 Every record carries ``kind`` (``"train"`` or ``"eval"``), ``epoch``, ``step``, ``images_seen`` and
-``train_time_s`` — training wall-clock seconds with evaluation time excluded — plus the metrics by name
+``train_time_s`` — training wall-clock seconds with evaluation time excluded — and, from the engine,
+``train_cpu_s`` (the process's CPU seconds over the same spans, see `TrainClock`), plus the metrics by name
 (``knn/top1``, ``linear/top1``, ``loss``, ``loss/rotation``, ``acc/rotation``, …).
 """
 
@@ -86,9 +87,12 @@ class MetricsLog:
         self.path = Path(run_dir) / METRICS
         self.path.parent.mkdir(parents=True, exist_ok=True)
 
-    def append(self, kind: str, *, epoch: float, step: int, images_seen: int, train_time_s: float, **metrics: Any) -> dict:
-        record = {"kind": kind, "epoch": int(epoch) if float(epoch).is_integer() else epoch, "step": step, "images_seen": images_seen,
-                  "train_time_s": round(train_time_s, 3)}
+    def append(self, kind: str, *, epoch: float, step: int, images_seen: int, train_time_s: float,
+               train_cpu_s: float | None = None, **metrics: Any) -> dict:
+        record = {"kind": kind, "epoch": int(epoch) if float(epoch).is_integer() else epoch, "step": step,
+                  "images_seen": images_seen, "train_time_s": round(train_time_s, 3)}
+        if train_cpu_s is not None:
+            record["train_cpu_s"] = round(train_cpu_s, 3)
         for name, value in metrics.items():
             value = float(value)
             record[name] = value if math.isfinite(value) else None
@@ -149,25 +153,39 @@ class WindowMeans:
 
 
 class TrainClock:
-    """Training wall-clock that excludes evaluation: wrap evaluations in ``with clock.paused():``."""
+    """Training wall-clock, and the process's CPU time over the same spans, excluding evaluation: wrap
+    evaluations in ``with clock.paused():``.
 
-    def __init__(self, elapsed: float = 0.0) -> None:
-        self._elapsed = elapsed
-        self._started: float | None = None
+    The CPU time (`cpu_elapsed`, every thread of the process) is what a run cost even when other work shared the
+    machine and stretched its wall-clock; with one thread per run it equals the wall-clock of an undisturbed run.
+    """
+
+    def __init__(self, elapsed: float = 0.0, cpu_elapsed: float = 0.0) -> None:
+        self._elapsed, self._cpu_elapsed = elapsed, cpu_elapsed
+        self._started: tuple[float, float] | None = None
 
     def start(self) -> None:
         if self._started is None:
-            self._started = time.perf_counter()
+            self._started = (time.perf_counter(), time.process_time())
 
     def stop(self) -> None:
         if self._started is not None:
-            self._elapsed += time.perf_counter() - self._started
+            self._elapsed, self._cpu_elapsed = self._now()
             self._started = None
+
+    def _now(self) -> tuple[float, float]:
+        if self._started is None:
+            return self._elapsed, self._cpu_elapsed
+        wall, cpu = self._started
+        return self._elapsed + time.perf_counter() - wall, self._cpu_elapsed + time.process_time() - cpu
 
     @property
     def elapsed(self) -> float:
-        running = time.perf_counter() - self._started if self._started is not None else 0.0
-        return self._elapsed + running
+        return self._now()[0]
+
+    @property
+    def cpu_elapsed(self) -> float:
+        return self._now()[1]
 
     @contextmanager
     def paused(self) -> Iterator[None]:

@@ -154,3 +154,21 @@ def test_train_clock_excludes_paused_time() -> None:
     time.sleep(0.05)
     clock.stop()
     assert 0.09 <= clock.elapsed < 0.2
+
+
+def test_train_clock_cpu_time_counts_work_not_waiting() -> None:
+    """Sleeping (as when another process holds the core) stretches the wall-clock, not the CPU time; paused
+    spans count in neither; a resumed clock continues from both saved totals."""
+    clock = TrainClock(elapsed=10.0, cpu_elapsed=5.0)
+    clock.start()
+    deadline = time.process_time() + 0.1
+    while time.process_time() < deadline:  # busy: CPU time advances with the wall-clock
+        pass
+    time.sleep(0.2)  # waiting: only the wall-clock advances
+    with clock.paused():
+        deadline = time.process_time() + 0.1
+        while time.process_time() < deadline:
+            pass
+    clock.stop()
+    assert 10.3 <= clock.elapsed < 10.5
+    assert 5.09 <= clock.cpu_elapsed < 5.17
