@@ -14,7 +14,6 @@ import os
 import shutil
 import tarfile
 import tempfile
-import warnings
 from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
@@ -59,6 +58,8 @@ class ImageDataset(Dataset):
     mean: tuple[float, float, float] = IMAGENET_MEAN
     std: tuple[float, float, float] = IMAGENET_STD
     name: str = "images"
+    #: How the images and their labels were read (a folder's layout, a held-out split), for run records.
+    description: str = ""
 
     def __len__(self) -> int:
         return len(self.labels)
@@ -69,6 +70,9 @@ class ImageDataset(Dataset):
 
     def __getitem__(self, i: int) -> tuple[Image.Image, int]:
         return self.load(i), int(self.labels[i])
+
+    def note_skipped(self, indices: Sequence[int] | np.ndarray) -> None:
+        """Record that the images at ``indices`` failed to decode (a folder lists them in ``skipped``)."""
 
     @property
     def labelled(self) -> bool:
@@ -109,15 +113,15 @@ class ImageDataset(Dataset):
     def to_uint8(self, size: int | None = None) -> tuple[torch.Tensor, np.ndarray]:
         """Decode every image (in threads: PIL releases the GIL) into one ``(N', 3, H, W)`` uint8 tensor.
 
-        Returns the tensor and the dataset indices of its rows; images that cannot be decoded are skipped with
-        a warning (N' < N). All images must share one size unless ``size`` resizes them.
+        Returns the tensor and the dataset indices of its rows; images that cannot be decoded are left out
+        (N' < N; `FolderDataset` lists them in ``skipped``). All images must share one size unless ``size``
+        resizes them.
         """
 
         def decode(i: int) -> np.ndarray | None:
             try:
                 return _as_array(self.load(i), size)
-            except CorruptImageError as err:
-                warnings.warn(f"skipping {err}", stacklevel=3)
+            except CorruptImageError:
                 return None
 
         with ThreadPoolExecutor(max_workers=min(8, os.cpu_count() or 1)) as pool:
@@ -183,17 +187,56 @@ class ArrayDataset(ImageDataset):
         return tensor, np.arange(len(self), dtype=np.int64)
 
 
+def image_files(root: Path) -> list[Path]:
+    """Every image file under ``root``, sorted, following symbolic links (each real folder once, so a link cycle
+    ends); hidden files and folders (``.name``) are left out."""
+    files: list[Path] = []
+    seen: set[str] = set()
+    for folder, subfolders, names in os.walk(root, followlinks=True):
+        real = os.path.realpath(folder)
+        if real in seen:
+            subfolders[:] = []
+            continue
+        seen.add(real)
+        subfolders[:] = [d for d in subfolders if not d.startswith(".")]
+        files += [Path(folder) / n for n in names if not n.startswith(".") and Path(n).suffix.lower() in IMAGE_EXTENSIONS]
+    return sorted(files)
+
+
+def read_layout(root: Path, files: Sequence[Path]) -> tuple[bool, str]:
+    """Whether ``files`` under ``root`` form a labelled ImageFolder tree, and why (one sentence).
+
+    Labelled: every image lies inside a top-level folder and there are at least two of them; the top-level folder
+    is the class, also for images in nested sub-folders (``root/<class>/<any>/<image>``)."""
+    parts = [f.relative_to(root).parts for f in files]
+    loose = sum(len(p) == 1 for p in parts)
+    classes = sorted({p[0] for p in parts if len(p) > 1})
+    if loose:
+        return False, (f"unlabelled: {_count(loose, 'image')} directly in {root} (a labelled folder keeps every image "
+                       "inside a class folder, root/<class>/…)")
+    if len(classes) < 2:
+        return False, f"unlabelled: every image is in the single folder {root / classes[0]} (labels need 2+ class folders)"
+    nested = sum(len(p) > 2 for p in parts)
+    text = f"labelled: {len(classes)} classes (the folders in {root})"
+    return True, text + (f"; {_count(nested, 'image')} in nested sub-folders labelled by their class folder" if nested else "")
+
+
+def _count(n: int, noun: str) -> str:
+    return f"{n} {noun}{'' if n == 1 else 's'}"
+
+
 class FolderDataset(ImageDataset):
-    """Images under a folder: ImageFolder layout (``root/<class>/<image>``, labelled) or any tree (unlabelled).
+    """Images under a folder: ImageFolder layout (``root/<class>/…/<image>``, labelled) or any tree (unlabelled).
 
     Args:
-        root: the folder.
-        labelled: True for the ImageFolder layout (class = first-level folder name), False to ignore folders
-            and give every image label -1. Default: labelled iff every image sits exactly one level below root.
+        root: the folder; symbolic links are followed.
+        labelled: True for the ImageFolder layout (class = top-level folder name, also for images in nested
+            sub-folders), False to give every image label -1. Default: labelled iff every image lies inside a
+            top-level folder and there are at least two (`read_layout`; ``description`` says which and why).
         mean, std: normalisation statistics (default ImageNet's).
 
-    Corrupt files are found when loaded: `load` raises `CorruptImageError`, the loaders skip the sample with a
-    warning and count it (``skipped``), and labels are never shifted.
+    Files whose header cannot be read are left out when the dataset is built and listed in ``skipped``; files
+    that fail later, when decoded, are skipped by the loaders and added to ``skipped``. Labels never shift.
     """
 
     def __init__(
@@ -207,27 +250,49 @@ class FolderDataset(ImageDataset):
         self.root = Path(root)
         if not self.root.is_dir():
             raise FileNotFoundError(f"image folder {self.root} does not exist")
-        files = sorted(p for p in self.root.rglob("*") if p.suffix.lower() in IMAGE_EXTENSIONS and p.is_file())
+        files = image_files(self.root)
         if not files:
             raise FileNotFoundError(f"no images ({', '.join(IMAGE_EXTENSIONS)}) under {self.root}")
-        depths = {len(p.relative_to(self.root).parts) for p in files}
-        if labelled is None:
-            labelled = depths == {2}
-        if labelled:
-            if depths != {2}:
-                raise InputError(f"ImageFolder layout needs every image in {self.root}/<class>/; found other depths")
-            self.classes = sorted({p.parent.name for p in files})
-            to_label = {c: k for k, c in enumerate(self.classes)}
-            self.labels = np.array([to_label[p.parent.name] for p in files], dtype=np.int64)
-        else:
-            self.classes = []
-            self.labels = np.full(len(files), -1, dtype=np.int64)
-        self.files = files
         self.name = name or self.root.name
         self.mean, self.std = mean, std
         self.skipped: list[str] = []
         self._fingerprint: str | None = None
-        self._sizes: list | None = None  # the distinct (width, height) of the images, read from their headers
+        self.files = files
+        sizes = self._header_sizes()
+        readable = [i for i, size in enumerate(sizes) if size is not None]
+        if not readable:
+            raise InputError(f"none of the {len(files)} image files under {self.root} can be read")
+        if len(readable) < len(files):
+            self.skipped = [str(files[i]) for i in range(len(files)) if sizes[i] is None]
+            files = [files[i] for i in readable]
+            self.files, self._fingerprint = files, None
+        self._sizes = sorted({tuple(sizes[i]) for i in readable})  # the distinct (width, height) of the images
+        layout_labelled, self.description = read_layout(self.root, files)
+        if labelled is None:
+            labelled = layout_labelled
+        elif labelled and not layout_labelled:
+            raise InputError(f"{self.root} is not an ImageFolder tree: {self.description}")
+        elif not labelled:
+            self.description = "unlabelled (as asked)"
+        if labelled:
+            self.classes = sorted({f.relative_to(self.root).parts[0] for f in files})
+            to_label = {c: k for k, c in enumerate(self.classes)}
+            self.labels = np.array([to_label[f.relative_to(self.root).parts[0]] for f in files], dtype=np.int64)
+        else:
+            self.classes = []
+            self.labels = np.full(len(files), -1, dtype=np.int64)
+
+    def _header_sizes(self) -> list[list[int] | None]:
+        """``[width, height]`` of every file from its header (no decoding; None when unreadable), in threads,
+        cached in `default_cache_dir` by `fingerprint`."""
+        cache = default_cache_dir() / "headers" / f"{self.name}-{self.fingerprint()[:16]}.json"
+        if cache.exists():
+            return json.loads(cache.read_text())
+        with ThreadPoolExecutor(max_workers=min(8, os.cpu_count() or 1)) as pool:
+            sizes = [None if size is None else list(size) for size in pool.map(_header_size, self.files)]
+        cache.parent.mkdir(parents=True, exist_ok=True)
+        _atomic_write_text(cache, json.dumps(sizes))
+        return sizes
 
     def load(self, i: int) -> Image.Image:
         path = self.files[i]
@@ -242,16 +307,21 @@ class FolderDataset(ImageDataset):
         cache_file = self._cache_file(size) if cache else None
         if cache_file is not None and cache_file.exists():
             stored = np.load(cache_file)
-            self.skipped = [str(self.files[i]) for i in stored["skipped"]]
+            self.note_skipped(stored["skipped"])
             return torch.from_numpy(stored["images"]), stored["kept"]
         tensor, kept = super().to_uint8(size)
         skipped = np.setdiff1d(np.arange(len(self)), kept)
-        self.skipped = [str(self.files[i]) for i in skipped]
-        if len(skipped):
-            logger.warning("skipped %d unreadable images under %s", len(skipped), self.root)
+        self.note_skipped(skipped)
         if cache_file is not None:
             _atomic_savez(cache_file, images=tensor.numpy(), kept=kept, skipped=skipped)
         return tensor, kept
+
+    def note_skipped(self, indices: Sequence[int] | np.ndarray) -> None:
+        """Add the files at ``indices`` (which failed to decode) to ``skipped``, once each."""
+        for i in indices:
+            path = str(self.files[int(i)])
+            if path not in self.skipped:
+                self.skipped.append(path)
 
     def fingerprint(self) -> str:
         """Digest of every file's path, size and modification time (computed once)."""
@@ -264,16 +334,7 @@ class FolderDataset(ImageDataset):
         return self._fingerprint
 
     def uniform_size(self) -> tuple[int, int] | None:
-        """From the image headers (no decoding), cached in `default_cache_dir` by `fingerprint`; unreadable files
-        are left to `load` to report."""
-        if self._sizes is None:
-            cache = default_cache_dir() / "sizes" / f"{self.name}-{self.fingerprint()[:16]}.json"
-            if cache.exists():
-                self._sizes = json.loads(cache.read_text())
-            else:
-                self._sizes = sorted({size for size in map(_header_size, self.files) if size is not None})
-                cache.parent.mkdir(parents=True, exist_ok=True)
-                cache.write_text(json.dumps(self._sizes))
+        """From the image headers (read when the dataset was built)."""
         if len(self._sizes) != 1:
             return None
         width, height = self._sizes[0]
@@ -292,6 +353,17 @@ def _header_size(path: Path) -> tuple[int, int] | None:
         return None
 
 
+def _atomic_write_text(path: Path, text: str) -> None:
+    fd, tmp = tempfile.mkstemp(dir=path.parent, suffix=".tmp")
+    try:
+        with os.fdopen(fd, "w") as f:
+            f.write(text)
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
 def _atomic_savez(path: Path, **arrays: np.ndarray) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(dir=path.parent, suffix=".npz.tmp")
@@ -307,12 +379,14 @@ def _atomic_savez(path: Path, **arrays: np.ndarray) -> None:
 class ImageSubset(ImageDataset):
     """The images of ``dataset`` at ``indices`` (labels, classes and statistics follow)."""
 
-    def __init__(self, dataset: ImageDataset, indices: Sequence[int] | np.ndarray) -> None:
+    def __init__(self, dataset: ImageDataset, indices: Sequence[int] | np.ndarray, name: str | None = None,
+                 description: str | None = None) -> None:
         self.dataset = dataset
         self.indices = np.asarray(indices, dtype=np.int64)
         self.labels = np.asarray(dataset.labels)[self.indices]
         self.classes, self.mean, self.std = dataset.classes, dataset.mean, dataset.std
-        self.name = f"{dataset.name}-subset{len(self.indices)}"
+        self.name = name or f"{dataset.name}-subset{len(self.indices)}"
+        self.description = dataset.description if description is None else description
 
     @property
     def source(self) -> ImageDataset:
@@ -333,6 +407,9 @@ class ImageSubset(ImageDataset):
 
     def load(self, i: int) -> Image.Image:
         return self.dataset.load(int(self.indices[i]))
+
+    def note_skipped(self, indices: Sequence[int] | np.ndarray) -> None:
+        self.dataset.note_skipped(self.indices[np.asarray(indices, dtype=np.int64)])
 
     def to_uint8(self, size: int | None = None) -> tuple[torch.Tensor, np.ndarray]:
         images, rows = self.dataset.to_uint8(size)
@@ -376,6 +453,14 @@ def torchvision_dataset(name: str, root: str | Path, split: str = "train", downl
             f"{name} not found under {root}: put {expected[name]} there, or pass download=True "
             "(--set data.download=true) where the network allows"
         ) from err
+    except OSError as err:  # URLError, socket errors, DNS failures: no network
+        if not download:
+            raise
+        offline = " or data.dataset=cifar10_jpg (the JPEG archive, see AUXSSL_CIFAR10_JPG)" if name == "cifar10" else ""
+        raise FileNotFoundError(
+            f"{name} could not be downloaded ({getattr(err, 'reason', None) or err}): offline, put {expected[name]} "
+            f"under {root} and set data.download=false{offline}"
+        ) from None
     mean, std = STATS[name]
     return ArrayDataset(np.ascontiguousarray(images), np.asarray(labels), ds.classes, name, mean, std)
 
@@ -419,11 +504,44 @@ def cifar10_jpg(split: str = "train", archive: str | Path | None = None, cache_d
     archive = Path(archive) if archive else find_shared_cifar10_archive()
     if archive is None:
         raise FileNotFoundError(
-            "CIFAR-10 JPEG archive not found: set AUXSSL_CIFAR10_JPG or put cifar10-jpg.tar.gz in ../shared/data/"
+            "CIFAR-10 JPEG archive not found: set AUXSSL_CIFAR10_JPG or put cifar10-jpg.tar.gz in ../shared/data/; "
+            "build one from torchvision's CIFAR-10 with `auxssl make-cifar10-jpg cifar10-jpg.tar.gz --download`, "
+            "or train on torchvision's CIFAR-10 directly (data.dataset=cifar10)"
         )
     root = extract_archive(archive, cache_dir) / split
     mean, std = STATS["cifar10"]
     return FolderDataset(root, labelled=True, name=f"cifar10_jpg-{split}", mean=mean, std=std)
+
+
+def write_cifar10_jpg(out: str | Path, root: str | Path | None = None, download: bool = False,
+                      quality: int = 95) -> Path:
+    """Write torchvision's CIFAR-10 as the ``cifar10_jpg`` archive: ``train/<class>/NNNN.jpg`` and
+    ``test/<class>/NNNN.jpg`` in a ``.tar.gz`` (written to a temporary file, then renamed). JPEG is lossy: accuracies
+    on it are comparable to, not identical with, the pickled arrays'."""
+    import io
+
+    out = Path(out)
+    root = Path(root) if root else default_cache_dir() / "cifar10"
+    fd, tmp = tempfile.mkstemp(dir=out.parent if out.parent.exists() else None, suffix=".tar.gz.tmp")
+    os.close(fd)
+    try:
+        with tarfile.open(tmp, "w:gz") as tar:
+            for split in ("train", "test"):
+                data = torchvision_dataset("cifar10", root, split, download)
+                counts: dict[int, int] = {}
+                for image, label in zip(data.images, data.labels):
+                    k = counts[int(label)] = counts.get(int(label), -1) + 1
+                    buffer = io.BytesIO()
+                    Image.fromarray(image).save(buffer, "JPEG", quality=quality)
+                    info = tarfile.TarInfo(f"{split}/{data.classes[int(label)]}/{k:04d}.jpg")
+                    info.size = buffer.tell()
+                    buffer.seek(0)
+                    tar.addfile(info, buffer)
+        os.replace(tmp, out)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+    return out
 
 
 def digits(split: str = "train", size: int = 32, test_fraction: float = 0.2) -> ArrayDataset:
@@ -466,7 +584,55 @@ def get_dataset(
         return digits(split)
     if name == "folder":
         if root is None:
-            raise InputError("the folder dataset needs root=<path to the images>")
-        split_root = Path(root) / split
-        return FolderDataset(split_root if split_root.is_dir() else root)
+            raise InputError("the folder dataset needs root=<path to the images> (data.root)")
+        return folder_split(root, split)
     raise InputError(f"unknown dataset {name!r}; choose one of {', '.join(DATASETS)}")
+
+
+#: The evaluation split of a labelled folder without one: this fraction of every class, drawn with `HELD_OUT_SEED`.
+HELD_OUT_FRACTION = 0.1
+HELD_OUT_SEED = 0
+#: The folder names read as a folder's splits: ``root/train`` and the first of these for evaluation.
+TEST_SPLITS = ("test", "val")
+
+
+def folder_split(root: str | Path, split: str) -> ImageDataset:
+    """``split`` (``train`` or ``test``) of a folder dataset.
+
+    ``root/train`` and ``root/test`` (or ``root/val``, the ImageNet layout) when they exist. A labelled folder
+    with no evaluation split (``root`` itself, or ``root/train`` alone) is split in two: `HELD_OUT_FRACTION` of
+    every class, drawn with a fixed seed, is the test split and never trained on (the rest is the train split),
+    so a kNN never scores the images of its own bank. An unlabelled folder is its own unlabelled train and test
+    split (evaluation is then skipped and says why)."""
+    if split not in ("train", "test"):
+        raise InputError(f"a folder dataset has splits 'train' and 'test', not {split!r}")
+    root = Path(root)
+    if not root.is_dir():
+        raise FileNotFoundError(f"image folder {root} (data.root) does not exist")
+    evaluation = next((root / s for s in TEST_SPLITS if (root / s).is_dir()), None)
+    if split == "test" and evaluation is not None:
+        return FolderDataset(evaluation, name=f"{root.name}-{evaluation.name}")
+    base = root / "train" if (root / "train").is_dir() else root
+    full = FolderDataset(base, name=f"{root.name}-train" if base != root else None)
+    if evaluation is not None or not full.labelled:
+        return full
+    held_out = stratified_held_out(full.labels, HELD_OUT_FRACTION, HELD_OUT_SEED)
+    rule = (f"no {' or '.join(s + '/' for s in TEST_SPLITS)} folder in {root}: "
+            f"{HELD_OUT_FRACTION:.0%} of every class held out for evaluation (seed {HELD_OUT_SEED}), never trained on")
+    if split == "test":
+        return ImageSubset(full, np.flatnonzero(held_out), name=f"{full.name}-heldout",
+                           description=f"{full.description}; {rule}: {int(held_out.sum())} test images")
+    return ImageSubset(full, np.flatnonzero(~held_out), name=f"{full.name}-train",
+                       description=f"{full.description}; {rule}: {int((~held_out).sum())} training images")
+
+
+def stratified_held_out(labels: np.ndarray, fraction: float, seed: int) -> np.ndarray:
+    """A boolean mask holding out ``round(fraction · n_c)`` images of every class ``c`` (at least one of a class
+    with two or more images), drawn with ``seed``: the same split for the same labels on every machine."""
+    rng = np.random.default_rng(seed)
+    mask = np.zeros(len(labels), dtype=bool)
+    for c in np.unique(labels):
+        members = np.flatnonzero(labels == c)
+        take = max(1, round(fraction * len(members))) if len(members) > 1 else 0
+        mask[rng.permutation(members)[:take]] = True
+    return mask

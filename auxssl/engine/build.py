@@ -53,6 +53,9 @@ def build_datasets(config: RunConfig) -> RunDatasets:
     folder), the bank is that dataset's train split and the test its test split."""
     data = config.data
     full_train = get_dataset(data.dataset, "train", data.root, data.download)
+    if data.train_subset is not None and data.train_subset > len(full_train):
+        raise InputError(f"data.train_subset={data.train_subset} exceeds the {len(full_train)} training images of "
+                         f"{full_train.name}; leave it unset (null) to train on all of them")
     train = random_subset(full_train, data.train_subset)
     if config.eval.dataset is not None:
         bank = get_dataset(config.eval.dataset, "train", config.eval.root, data.download)
@@ -60,7 +63,22 @@ def build_datasets(config: RunConfig) -> RunDatasets:
     else:
         bank = full_train if config.eval.bank == "full_train" else train
         test = get_dataset(data.dataset, "test", data.root, data.download)
+    if config.eval.test_subset is not None and config.eval.test_subset > len(test):
+        raise InputError(f"eval.test_subset={config.eval.test_subset} exceeds the {len(test)} test images of "
+                         f"{test.name}; leave it unset (null) to test on all of them")
+    check_disjoint(bank, test)
     return RunDatasets(train, bank, random_subset(test, config.eval.test_subset))
+
+
+def check_disjoint(bank: ImageDataset, test: ImageDataset) -> None:
+    """Refuse an evaluation whose test images are also in its kNN bank / probe training set (a kNN would score
+    images against themselves)."""
+    if not (bank.labelled and test.labelled) or bank.source.fingerprint() != test.source.fingerprint():
+        return
+    shared = np.intersect1d(bank.source_indices(), test.source_indices())
+    if len(shared):
+        raise InputError(f"{len(shared)} of the {len(test)} test images ({test.name}) are also in the evaluation bank "
+                         f"({bank.name}): name a separate test split (a test/ or val/ folder, or eval.dataset)")
 
 
 def build_model(config: RunConfig) -> nn.Module:

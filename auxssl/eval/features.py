@@ -7,7 +7,6 @@ torch.distributed each process extracts its own share (``shard``) and the featur
 
 from __future__ import annotations
 
-import warnings
 from collections.abc import Iterator
 
 import numpy as np
@@ -48,22 +47,23 @@ class _EvalImages(Dataset):
     def __len__(self) -> int:
         return len(self.rows)
 
-    def __getitem__(self, i: int) -> tuple[Tensor, int] | None:
+    def __getitem__(self, i: int) -> tuple[Tensor, int] | int:
+        """The resized image and its row; only its row when the image cannot be decoded."""
         row = int(self.rows[i])
         try:
             image = self.dataset.load(row)
-        except CorruptImageError as err:
-            warnings.warn(f"skipping {err}", stacklevel=2)
-            return None
+        except CorruptImageError:
+            return row
         x = torch.from_numpy(np.asarray(image, dtype=np.uint8)).permute(2, 0, 1).float().div_(255.0)
         return _resize(x[None], self.size)[0], row
 
 
-def _collate(samples: list[tuple[Tensor, int] | None]) -> tuple[Tensor, Tensor] | None:
-    kept = [s for s in samples if s is not None]
+def _collate(samples: list[tuple[Tensor, int] | int]) -> tuple[Tensor | None, Tensor, list[int]]:
+    kept = [s for s in samples if not isinstance(s, int)]
+    failed = [s for s in samples if isinstance(s, int)]
     if not kept:
-        return None
-    return torch.stack([s[0] for s in kept]), torch.tensor([s[1] for s in kept])
+        return None, torch.empty(0, dtype=torch.int64), failed
+    return torch.stack([s[0] for s in kept]), torch.tensor([s[1] for s in kept]), failed
 
 
 def _batches(dataset: ImageDataset, rows: np.ndarray, batch_size: int, image_size: int | None,
@@ -78,9 +78,11 @@ def _batches(dataset: ImageDataset, rows: np.ndarray, batch_size: int, image_siz
         raise InputError(f"{dataset.name}: images of different sizes need an evaluation size (eval.image_size)")
     loader = DataLoader(_EvalImages(dataset, rows, image_size), batch_size=batch_size, num_workers=num_workers,
                         collate_fn=_collate, persistent_workers=False)
-    for batch in loader:
-        if batch is not None:
-            yield batch[0], batch[1].numpy()
+    for images, batch_rows, failed in loader:
+        if failed:
+            dataset.note_skipped(failed)  # unreadable files are listed by the dataset, not warned about
+        if images is not None:
+            yield images, batch_rows.numpy()
 
 
 @torch.no_grad()

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import warnings
 from collections.abc import Iterator, Sequence
 
 import numpy as np
@@ -12,6 +11,7 @@ from torch.utils.data import DataLoader, Dataset, Sampler
 from torchvision.transforms import v2
 
 from auxssl.data.datasets import CorruptImageError, ImageDataset
+from auxssl.errors import InputError
 from auxssl.data.loaders.base import (
     EpochOrder,
     GoodCrops,
@@ -81,13 +81,13 @@ class _MultiViewDataset(Dataset):
     def __len__(self) -> int:
         return len(self.dataset)
 
-    def __getitem__(self, item: tuple[int, int]) -> _Sample | None:
+    def __getitem__(self, item: tuple[int, int]) -> _Sample | int:
+        """The sample's views, row and crop boxes; only its row when the image cannot be decoded."""
         row, seed = item
         try:
             image = self.dataset.load(row)
-        except CorruptImageError as err:
-            warnings.warn(f"skipping {err}", stacklevel=2)
-            return None
+        except CorruptImageError:
+            return row
         torch.manual_seed(seed)  # per-sample augmentation independent of worker count and resumption
         height, width = v2.functional.get_size(image)
         views, crops = [], []
@@ -115,20 +115,21 @@ class _MultiViewDataset(Dataset):
                                 good.fraction, good.min_iou, torch.Generator().manual_seed(derive_seed(seed, 6)))
 
 
-def _collate(samples: list[_Sample | None]) -> tuple[list[Tensor], Tensor, Tensor | None, int]:
-    kept = [s for s in samples if s is not None]
+def _collate(samples: list[_Sample | int]) -> tuple[list[Tensor], Tensor, Tensor | None, list[int]]:
+    kept = [s for s in samples if not isinstance(s, int)]
+    failed = [s for s in samples if isinstance(s, int)]
     if not kept:
-        raise RuntimeError("every image of a batch failed to decode")
+        raise InputError(f"every image of a batch failed to decode (dataset rows {failed[:5]}…)")
     views = [torch.stack([s[0][v] for s in kept]) for v in range(len(kept[0][0]))]
     boxes = None if kept[0][2] is None else torch.stack([s[2] for s in kept], dim=1)
-    return views, torch.tensor([s[1] for s in kept]), boxes, len(samples) - len(kept)
+    return views, torch.tensor([s[1] for s in kept]), boxes, failed
 
 
 class TorchvisionLoader:
     """Multi-view batches from per-sample torchvision transforms in ``num_workers`` processes.
 
-    Corrupt images are skipped (the batch shrinks by one) with a warning; ``skipped`` counts them and each
-    batch reports its own count in ``batch.extra["skipped"]``.
+    Corrupt images are skipped (the batch shrinks by one) and noted in the dataset (`ImageDataset.note_skipped`);
+    ``skipped`` counts them and each batch reports its own count in ``batch.extra["skipped"]``.
     """
 
     def __init__(
@@ -175,7 +176,10 @@ class TorchvisionLoader:
         return num_batches(len(self.dataset), self.batch_size, self.drop_last)
 
     def __iter__(self) -> Iterator[Batch]:
-        for views, rows, boxes, skipped in self.loader:
+        for views, rows, boxes, failed in self.loader:
+            if failed:
+                self.dataset.note_skipped(failed)
+            skipped = len(failed)
             self.skipped += skipped
             batch = Batch(
                 views=views,

@@ -25,14 +25,14 @@ from auxssl.eval.tracker import read_metrics
 
 def mixed_folder(root: Path, n: int = 36, seed: int = 0) -> Path:
     """An unlabelled tree of images of every kind a user has: tiny and large, odd aspect ratios, grayscale, RGBA,
-    palette PNGs, nested folders at different depths, and one corrupt file."""
+    palette PNGs, images directly in the root and in nested folders at different depths, and one corrupt file."""
     rng = np.random.default_rng(seed)
     sizes = [(8, 8), (20, 37), (300, 200), (64, 64), (33, 90)]
     for i in range(n):
         w, h = sizes[i % len(sizes)]
         pixels = rng.integers(0, 256, (h, w, 3), dtype=np.uint8)
         image = Image.fromarray(pixels)
-        folder = root / ("a" if i % 2 else "b/c")
+        folder = root / ("" if i % 3 == 0 else "a" if i % 2 else "b/c")
         folder.mkdir(parents=True, exist_ok=True)
         if i % 7 == 3:
             image.convert("L").save(folder / f"{i}.jpg")
@@ -69,10 +69,10 @@ def test_unlabelled_mixed_size_folder_trains_checkpoints_and_exports(tmp_path: P
 
 def test_folder_images_are_decoded_to_rgb_and_resized_corrupt_ones_skipped(tmp_path: Path) -> None:
     data = FolderDataset(mixed_folder(tmp_path / "photos"))
-    assert not data.labelled and data.uniform_size() is None
+    assert not data.labelled and data.uniform_size() is None and "12 images directly in" in data.description
+    assert len(data) == 36 and len(data.skipped) == 1 and data.skipped[0].endswith("broken.jpg")  # no header
     images, _ = data.to_uint8(size=16)
-    assert images.shape == (36, 3, 16, 16) and len(data) == 37 and len(data.skipped) == 1
-    assert data.skipped[0].endswith("broken.jpg")
+    assert images.shape == (36, 3, 16, 16)
 
 
 def test_a_separate_labelled_set_evaluates_pretraining_on_an_unlabelled_folder(tmp_path: Path, capsys) -> None:
