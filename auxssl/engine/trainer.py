@@ -69,6 +69,9 @@ from baselines.protocol import Batch
 
 logger = logging.getLogger("auxssl")
 
+#: The file of a run directory listing the unreadable images its datasets left out, one path a line.
+SKIPPED_IMAGES = "skipped_images.txt"
+
 #: The key under which a step reports how many labelled samples its online-probe metrics are averaged over.
 PROBE_LABELLED = "online_linear/labelled"
 
@@ -212,6 +215,9 @@ class Trainer:
         seed_everything(config.train.seed, config.train.deterministic)
         self.run_dir = config.run_dir
         self.train_set, self.bank_set, self.test_set = datasets or build_datasets(config)
+        if self.dist.is_main:
+            for line in dict.fromkeys(d.description for d in (self.train_set, self.test_set) if d.description):
+                logger.info("data: %s", line)
         self.eval_image_size = config.eval.image_size or config.data.image_size
         self.eval_precision = resolve_precision(config.eval.precision, self.device).name
         self.noise: NoiseControl | None = None
@@ -243,7 +249,9 @@ class Trainer:
                                          optim.momentum, optim.lars_eta, optim.betas, optim.lars_clip_lr)
         self.steps_per_epoch = len(self.loader)
         if self.steps_per_epoch == 0:
-            raise InputError(f"data.batch_size={config.data.batch_size} exceeds the {len(self.train_set)} training images")
+            readable = len(self.train_set) - getattr(self.loader, "skipped", 0)
+            raise InputError(f"data.batch_size={config.data.batch_size} exceeds the {readable} readable training "
+                             f"images{'' if self.dist.world_size == 1 else f' of this process ({self.dist.world_size} processes)'}")
         self.total_steps = config.train.epochs * self.steps_per_epoch
         self.lr_schedule = warmup_cosine(self.base_lr, self.total_steps, round(optim.warmup_epochs * self.steps_per_epoch),
                                          self.base_lr * optim.min_lr_ratio)
@@ -255,11 +263,15 @@ class Trainer:
         self.knn_protocol = KNNProtocol(config.eval.knn_k, config.eval.knn_temperature)
         self._eval_images: tuple | None = None
         self.evaluation_enabled = config.eval.every_epochs > 0
+        #: Why this run has no evaluation (None when it has one); in run.json and the report.
+        self.no_evaluation: str | None = None if self.evaluation_enabled else "eval.every_epochs is 0"
         if self.evaluation_enabled and not (self.bank_set.labelled and self.test_set.labelled):
             self.evaluation_enabled = False
-            logger.warning("evaluation skipped: %s has no labels (kNN and probes need them); set eval.dataset and "
-                           "eval.root to a labelled evaluation set", self.bank_set.name if not self.bank_set.labelled
-                           else self.test_set.name)
+            unlabelled = self.bank_set if not self.bank_set.labelled else self.test_set
+            self.no_evaluation = (f"{unlabelled.name} has no labels ({unlabelled.description or 'unlabelled'}); "
+                                  "kNN and probes need them")
+            logger.warning("evaluation skipped: %s; set eval.dataset and eval.root to a labelled evaluation set",
+                           self.no_evaluation)
         self.online_probe: OnlineLinearProbe | None = None
         self.tap: FeatureTap | None = None
         if config.eval.online_linear:
@@ -285,6 +297,7 @@ class Trainer:
             self._initialise_backbone(Path(init))
         if self.dist.is_main:
             self.run_dir.mkdir(parents=True, exist_ok=True)
+            self._record_skipped_images()
             remove_partial_writes(self.run_dir)
             # a resumed run keeps the records it was started with, unless its settings were explicitly changed
             if not (resume and (self.run_dir / RUN_INFO).exists()) or self._config_changed:
@@ -293,6 +306,23 @@ class Trainer:
         self.sinks = build_sinks(config.logging, self.run_dir, config.name, to_dict(config)) if self.dist.is_main else []
 
     # ------------------------------------------------------------------------------------------ bookkeeping
+    def skipped_images(self) -> list[str]:
+        """The unreadable files left out of this run's datasets so far (training, bank and test), each once."""
+        sources = {id(d.source): d.source for d in (self.train_set, self.bank_set, self.test_set)}
+        return list(dict.fromkeys(path for source in sources.values() for path in getattr(source, "skipped", [])))
+
+    def _record_skipped_images(self) -> None:
+        """List the unreadable files in the run directory and say so in one line (when there are any, or more
+        than were recorded)."""
+        skipped = self.skipped_images()
+        listing = self.run_dir / SKIPPED_IMAGES
+        known = listing.read_text().splitlines() if listing.exists() else []
+        if skipped and set(skipped) - set(known):
+            listing.write_text("".join(f"{path}\n" for path in dict.fromkeys(known + skipped)))
+            count = len(set(known) | set(skipped))
+            logger.warning("skipped %d unreadable image%s (not trained or evaluated on): listed in %s",
+                           count, "" if count == 1 else "s", listing)
+
     def run_info(self) -> RunInfo:
         """The run's identity, every setting that changes its evaluations, and its training budget."""
         cfg = self.config
@@ -302,15 +332,20 @@ class Trainer:
             "bank": cfg.eval.bank, "bank_size": len(self.bank_set), "test_subset": cfg.eval.test_subset,
             "test_size": len(self.test_set), "subset_seed": SUBSET_SEED, "feature_precision": self.eval_precision,
         }
+        if self.test_set.description:
+            data["split"] = self.test_set.description
         data_text = (f"features at {self.eval_image_size} px ({self.eval_precision}); bank: {len(self.bank_set)} training images"
                      f"{' (full training split)' if cfg.eval.bank == 'full_train' else ''}; test: {len(self.test_set)} "
-                     f"images{' (fixed random sample)' if cfg.eval.test_subset else ''}")
+                     f"images{' (fixed random sample)' if cfg.eval.test_subset else ''}"
+                     f"{f' ({self.test_set.description})' if self.test_set.description else ''}")
         protocol = {"data": data_text, "knn": self.knn_protocol.describe()}
         evaluation: dict[str, dict[str, Any]] = {"data": data, "knn": dataclasses.asdict(self.knn_protocol)}
-        if cfg.eval.linear:
+        if self.no_evaluation is not None:  # nothing is evaluated: say why instead of describing evaluators
+            protocol, evaluation = {"data": f"no evaluation: {self.no_evaluation}"}, {"data": {"none": self.no_evaluation}}
+        elif cfg.eval.linear:
             protocol["linear"] = ProbeConfig().describe()
             evaluation["linear"] = dataclasses.asdict(ProbeConfig())
-        if self.online_probe is not None:
+        if self.online_probe is not None and self.no_evaluation is None:
             protocol["online_linear"] = self.online_probe.describe()
             evaluation["online_linear"] = {**self.online_probe.settings(), "reveal_labels": cfg.data.reveal_labels}
         budget = {
@@ -319,10 +354,14 @@ class Trainer:
             "image_size": cfg.data.image_size, "backbone": cfg.model.backbone, "recipe": cfg.data.recipe,
             "precision": self.precision.name, "world_size": self.dist.world_size,
             "backend": resolve_backend(cfg, self.train_set, self.device), "init": self.init,
+            "skipped_images": len(self.skipped_images()),
         }
+        tasks = getattr(self.model, "tasks", [])
+        chance = {f"acc/{t.name}": 100.0 / t.num_classes for t in tasks if getattr(t, "num_classes", 0)}
         return RunInfo(name=cfg.name, method=cfg.model.method, dataset=cfg.data.dataset,
                        tasks=[task_label(t) for t in cfg.tasks], seed=cfg.train.seed, epochs=cfg.train.epochs,
-                       protocol=protocol, evaluation=evaluation, budget=budget, noise=noise_knobs(cfg.noise))
+                       protocol=protocol, evaluation=evaluation, budget=budget, noise=noise_knobs(cfg.noise),
+                       chance=chance, no_evaluation=self.no_evaluation)
 
     def state(self) -> dict[str, Any]:
         return {
@@ -527,7 +566,8 @@ class Trainer:
                         if guard.requested():
                             path = self.save_checkpoint()
                             raise Preempted(f"stopped by {guard.signal_name} at epoch {self.epoch}, step {self.step}; "
-                                            f"checkpoint {path}: continue with --resume")
+                                            f"checkpoint {path}: continue with the same command and --resume",
+                                            guard.signal_name)
                     self.epoch += 1
                     self.batch_in_epoch = 0
                     last = self.epoch == cfg.epochs
@@ -541,6 +581,8 @@ class Trainer:
                         self.save_checkpoint()
         finally:
             self.clock.stop()
+            if self.dist.is_main:
+                self._record_skipped_images()  # streaming loaders find undecodable files only as they read them
             if progress is not None:
                 progress.close()
             for sink in self.sinks:

@@ -6,7 +6,10 @@ Definitions (stated in every report):
   tasks alone, method ``none``, is paired with every baseline of its dataset): the baseline's full training
   (epochs, and training wall-clock without evaluation) divided by what the variant needed to first reach the
   baseline's mean final accuracy, evaluated per seed of the variant, then mean ± std. A seed that never reaches
-  it counts as "not reached" and is left out of the mean; an evaluation of the initial weights never counts.
+  it counts as "not reached" and is left out of the mean; an evaluation of the initial weights never counts;
+- noise floor of a speed-up: the same rule applied to the baseline's own seeds against the baseline's mean (the
+  largest such "speed-up" of a baseline seed). A speed-up from one seed (of the variant or the baseline), or one
+  not above the noise floor, is shown as such, not as a result.
 """
 
 from __future__ import annotations
@@ -22,6 +25,7 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
+from auxssl.errors import InputError
 from auxssl.eval.tracker import METRICS, RUN_INFO, RunInfo, read_metrics, read_run_info
 
 PRIMARY = "knn/top1"
@@ -92,7 +96,7 @@ def _differences(runs: Sequence[Run], key: str) -> str:
 def shared_evaluators(runs: Sequence[Run]) -> list[str]:
     """The evaluators every run has, after checking that the runs can be compared on them.
 
-    Raises ValueError naming each differing setting when the runs' evaluation data (dataset, image size, kNN
+    Raises InputError naming each differing setting when the runs' evaluation data (dataset, image size, kNN
     bank, test set) or the settings of a shared evaluator differ. An evaluator only some runs have (say a final
     linear probe) is left out of the comparison, not a reason to refuse it.
     """
@@ -100,7 +104,7 @@ def shared_evaluators(runs: Sequence[Run]) -> list[str]:
     for key in sorted(shared | {"data"}):
         diff = _differences(runs, key)
         if diff:
-            raise ValueError(f"runs were evaluated differently and cannot be compared ({diff})")
+            raise InputError(f"runs were evaluated differently and cannot be compared ({diff})")
     return sorted(shared - {"data"})
 
 
@@ -110,7 +114,7 @@ def check_distinct_seeds(runs: Sequence[Run]) -> None:
     for run in runs:
         key = (run.info.method, run.info.dataset, tuple(run.info.tasks), run.info.noise_key, run.info.seed)
         if key in seen:
-            raise ValueError(
+            raise InputError(
                 f"{seen[key].path} and {run.path} are both seed {run.info.seed} of {run.info.variant}: averaging "
                 "them as two seeds would understate the spread; give each run its own train.seed or report them "
                 "separately"
@@ -135,8 +139,17 @@ def budget_differences(runs: Sequence[Run]) -> list[str]:
     for f in fields:
         values = [r.info.budget.get(f) for r in runs]
         if any(v != values[0] for v in values):
-            lines.append(f"{f}: " + ", ".join(f"{r.path.name}={v!r}" for r, v in zip(runs, values)))
+            lines.append(f"{f}: " + ", ".join(f"{r.path.name}={show(v)}" for r, v in zip(runs, values)))
     return lines
+
+
+def show(value: Any) -> str:
+    """A setting as a reader should see it: ``none`` for None, plain text otherwise."""
+    return "none" if value is None else str(value)
+
+
+def plural(n: int, noun: str) -> str:
+    return f"{n} {noun}{'' if n == 1 else 's'}"
 
 
 def mean_std(values: Sequence[float]) -> tuple[float, float]:
@@ -200,12 +213,26 @@ class SpeedUp:
     epochs_needed: list[float]
     time_needed: list[float]
     reached: int
+    #: The largest speed-up (epochs, wall-clock) a baseline seed shows against the baseline's own mean; None
+    #: when the baseline has a single seed.
+    noise_floor: tuple[float, float] | None = None
 
     def epochs_speedup(self) -> tuple[float, float]:
         return mean_std([self.baseline_epochs / e for e in self.epochs_needed if e > 0])
 
     def time_speedup(self) -> tuple[float, float]:
         return mean_std([self.baseline_time / t for t in self.time_needed if t > 0])
+
+    def verdict(self) -> str:
+        """Whether the epoch speed-up is a result: two or more seeds on both sides, above the noise floor."""
+        if not self.reached:
+            return "not reached"
+        if len(self.variant.runs) < 2 or len(self.baseline.runs) < 2:
+            return "n = 1: not a result"
+        assert self.noise_floor is not None
+        if self.epochs_speedup()[0] <= self.noise_floor[0]:
+            return f"within the noise floor ({self.noise_floor[0]:.2f}×)"
+        return f"above the noise floor ({self.noise_floor[0]:.2f}×)"
 
 
 #: The null base method (`baselines.NoBaseLoss`): its runs train on their tasks alone, a control.
@@ -239,13 +266,19 @@ def _speedup(variant: Variant, baseline: Variant, metric: str) -> SpeedUp | None
     base_epochs, _, _ = baseline.final_field(metric, "epoch")
     base_time, _, _ = baseline.final_field(metric, "train_time_s")
     hits = [rec for r in variant.runs if (rec := r.first_reaching(metric, target)) is not None]
+    floor = None
+    if len(baseline.runs) > 1:
+        own = [rec for r in baseline.runs if (rec := r.first_reaching(metric, target)) is not None]
+        floor = (max([base_epochs / rec["epoch"] for rec in own], default=1.0),
+                 max([base_time / rec["train_time_s"] for rec in own if rec["train_time_s"] > 0], default=1.0))
     return SpeedUp(variant, baseline, metric, target, base_epochs, base_time,
-                   [h["epoch"] for h in hits], [h["train_time_s"] for h in hits], len(hits))
+                   [h["epoch"] for h in hits], [h["train_time_s"] for h in hits], len(hits), floor)
 
 
 # ------------------------------------------------------------------------------------------------- plots
-def _curves(variant: Variant, metric: str, x_field: str, records: str = "evals") -> tuple[list[float], list[float], list[float]]:
-    """Mean x, mean y and std y over seeds at every epoch all seeds logged ``metric``.
+def _curves(variant: Variant, metric: str, x_field: str, records: str = "evals",
+            scale: float = 1.0) -> tuple[list[float], list[float], list[float]]:
+    """Mean x, mean y and std y (``metric`` times ``scale``) over seeds at every epoch all seeds logged ``metric``.
 
     A run without auxiliary tasks has no ``loss/base``: its ``loss`` is its base loss.
     """
@@ -256,7 +289,7 @@ def _curves(variant: Variant, metric: str, x_field: str, records: str = "evals")
         by_epoch: dict[float, list[tuple[float, float]]] = defaultdict(list)
         for rec in getattr(run, records):
             if rec.get(metric) is not None:
-                by_epoch[rec["epoch"]].append((rec[x_field], rec[metric]))
+                by_epoch[rec["epoch"]].append((rec[x_field], scale * rec[metric]))
         for epoch, points in by_epoch.items():  # average the records of one epoch (training logs several)
             per_epoch[epoch].append((statistics.fmean(p[0] for p in points), statistics.fmean(p[1] for p in points)))
     xs, ys, sds = [], [], []
@@ -271,8 +304,12 @@ def _curves(variant: Variant, metric: str, x_field: str, records: str = "evals")
 
 
 def _plot(variants: Sequence[Variant], metrics: Sequence[str], x_field: str, xlabel: str, ylabel: str, title: str,
-          path: Path, records: str = "evals", targets: dict[str, float] | None = None) -> Path | None:
-    """One panel per metric, one line per variant (mean over seeds, ±std band); baselines dashed."""
+          path: Path, records: str = "evals", targets: dict[str, float] | None = None, scale: float = 1.0,
+          levels: dict[str, dict[str, float]] | None = None) -> Path | None:
+    """One panel per metric, one line per variant (mean over seeds, ±std band); baselines dashed.
+
+    ``targets``: labelled horizontal lines on every panel; ``levels``: labelled lines of one metric's panel (a
+    chance level); ``scale`` multiplies the metric (fractions to %)."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -285,7 +322,7 @@ def _plot(variants: Sequence[Variant], metrics: Sequence[str], x_field: str, xla
     colours = plt.rcParams["axes.prop_cycle"].by_key()["color"]
     for ax, metric in zip(axes[0], metrics):
         for i, variant in enumerate(variants):
-            xs, ys, sds = _curves(variant, metric, x_field, records)
+            xs, ys, sds = _curves(variant, metric, x_field, records, scale)
             if not xs:
                 continue
             colour = colours[i % len(colours)]
@@ -293,9 +330,9 @@ def _plot(variants: Sequence[Variant], metrics: Sequence[str], x_field: str, xla
                     marker="o" if len(xs) < 25 else None, markersize=3)
             if any(sd > 0 for sd in sds):
                 ax.fill_between(xs, [y - d for y, d in zip(ys, sds)], [y + d for y, d in zip(ys, sds)], color=colour, alpha=0.15)
-        for name, value in (targets or {}).items():
+        for name, value in {**(targets or {}), **(levels or {}).get(metric, {})}.items():
             ax.axhline(value, color="grey", linestyle=":", linewidth=1)
-            ax.annotate(f"{name} final {value:.1f}", (0.01, value), xycoords=("axes fraction", "data"), fontsize=7,
+            ax.annotate(f"{name} {value:.1f}", (0.01, value), xycoords=("axes fraction", "data"), fontsize=7,
                         color="grey", va="bottom")
         ax.set(xlabel=xlabel, ylabel=ylabel if len(metrics) == 1 else metric,
                title=title if len(metrics) == 1 else metric)
@@ -363,9 +400,9 @@ def write_report(paths: Sequence[str | Path], out_dir: str | Path, title: str = 
     out.mkdir(parents=True, exist_ok=True)
     protocol = {k: v for k, v in runs[0].info.protocol.items() if k.lower() in {"data", *evaluators}}
     left_out = sorted({k for r in runs for k in evaluation_settings(r.info)} - {"data", *evaluators})
-    md_parts = [f"# {title}\n", f"Generated {datetime.now(timezone.utc):%Y-%m-%d %H:%M UTC} from {len(runs)} runs.\n"]
-    html_parts = [f"<h1>{html.escape(title)}</h1>",
-                  f"<p class=meta>Generated {datetime.now(timezone.utc):%Y-%m-%d %H:%M UTC} from {len(runs)} runs.</p>"]
+    generated = f"Generated {datetime.now(timezone.utc):%Y-%m-%d %H:%M UTC} from {plural(len(runs), 'run')}."
+    md_parts = [f"# {title}\n", f"{generated}\n"]
+    html_parts = [f"<h1>{html.escape(title)}</h1>", f"<p class=meta>{html.escape(generated)}</p>"]
 
     def section(heading: str, text_md: str, text_html: str) -> None:
         md_parts.append(f"\n## {heading}\n\n{text_md}\n")
@@ -382,21 +419,25 @@ def write_report(paths: Sequence[str | Path], out_dir: str | Path, title: str = 
     if budgets:
         items.append("**training budgets differ**: " + "; ".join(budgets))
     elif runs[0].info.budget:
-        items.append("**training budget** (every run): " + ", ".join(f"{k} {v}" for k, v in runs[0].info.budget.items()))
+        items.append("**training budget** (every run): " + ", ".join(f"{k} {show(v)}" for k, v in runs[0].info.budget.items()))
+    unevaluated = [r for r in runs if r.info.no_evaluation]
+    if unevaluated:
+        items.append("**no evaluation**: " + "; ".join(f"{r.path.name}: {r.info.no_evaluation}" for r in unevaluated))
     section("Protocol", "".join(f"- {i}\n" for i in items),
             "<ul>" + "".join(f"<li>{html.escape(i).replace('**', '')}</li>" for i in items) + "</ul>")
 
     prefixes = tuple(EVALUATOR_PREFIXES[e] for e in evaluators if e in EVALUATOR_PREFIXES)
     metrics = [m for m in ("knn/top1", "knn/top5", "linear/top1", "mlp/top1")
                if m.startswith(prefixes) and any(v.final(m)[2] for v in variants)]
-    rows = []
-    for v in variants:
-        epochs = v.final_field(PRIMARY, "epoch")
-        row = [v.name, v.dataset, ", ".join(map(str, v.seeds)), fmt(*epochs, digits=0)]
-        row += [fmt(*v.final(m)) for m in metrics]
-        rows.append(row)
-    md, tab = _table(["variant", "dataset", "seeds", "epochs", *metrics], rows)
-    section("Final accuracy (%)", md, tab)
+    if metrics:
+        rows = []
+        for v in variants:
+            epochs = v.final_field(PRIMARY, "epoch")
+            row = [v.name, v.dataset, f"{len(v.runs)} ({', '.join(map(str, v.seeds))})", fmt(*epochs, digits=0)]
+            row += [fmt(*v.final(m)) for m in metrics]
+            rows.append(row)
+        md, tab = _table(["variant", "dataset", "n (seeds)", "epochs", *metrics], rows)
+        section("Final accuracy (%)", md, tab)
 
     epochs = sorted({rec["epoch"] for r in runs for rec in r.evals if rec.get(PRIMARY) is not None})
     if 1 < len(epochs) <= 25:
@@ -426,9 +467,12 @@ def write_report(paths: Sequence[str | Path], out_dir: str | Path, title: str = 
                 fmt(t_mean, t_std, s.reached, 0) + " s" if s.reached else "not reached",
                 fmt(*s.time_speedup(), s.reached, 2, "×") if s.reached else "—",
                 f"{s.reached}/{n}",
+                "—" if s.noise_floor is None else f"{s.noise_floor[0]:.2f}× / {s.noise_floor[1]:.2f}×",
+                s.verdict(),
             ])
         md, tab = _table(["run", "baseline", "baseline final kNN top-1", "baseline training", "epochs to reach",
-                          "speed-up (epochs)", "time to reach", "speed-up (wall-clock)", "seeds reaching"], rows)
+                          "speed-up (epochs)", "time to reach", "speed-up (wall-clock)", "seeds reaching",
+                          "noise floor (epochs / wall-clock)", "verdict"], rows)
         section("Time to the baseline's accuracy", md, tab)
 
     noise_metrics = [m for m in NOISE_METRICS if any(v.training_mean(m)[2] for v in variants)]
@@ -436,15 +480,20 @@ def write_report(paths: Sequence[str | Path], out_dir: str | Path, title: str = 
     if noise_metrics:
         rows = [[v.name, *(fmt(*v.training_mean(m), 4) for m in noise_metrics), fmt(*v.final(PRIMARY))] for v in variants]
         md, tab = _table(["variant", *(f"{m} (mean over training)" for m in noise_metrics), "final kNN top-1"], rows)
-        note = ("Measured from the true labels, which the loss never sees (only labels revealed for false-negative "
-                "elimination reach it): fn_rate_raw = share of negative pairs of one class, fn_rate = the same among "
-                "the negatives the loss uses, fp_rate = share of positive pairs injected or failing the good-crop "
-                "criterion.")
+        meanings = {
+            "noise/fn_rate_raw": "fn_rate_raw = share of negative pairs of one true class (from the true labels, which "
+                                 "the loss never sees; only labels revealed for false-negative elimination reach it)",
+            "noise/fn_rate": "fn_rate = the same among the negatives the loss uses",
+            "noise/fp_rate": "fp_rate = share of positive pairs injected or failing the good-crop criterion (from the "
+                             "crop boxes)",
+        }
+        note = "Measured during training: " + "; ".join(meanings[m] for m in noise_metrics) + "."
         section("Measured noise and accuracy", f"{note}\n\n{md}", f"<p>{html.escape(note)}</p>{tab}")
-        noise_plot = _noise_plot(variants, noise_metrics, out / "knn_vs_noise.png")
+        if any(v.noise_key for v in variants) and any(v.final(PRIMARY)[2] for v in variants):
+            noise_plot = _noise_plot(variants, noise_metrics, out / "knn_vs_noise.png")
 
-    targets = {v.name: v.final(PRIMARY)[0] for v in variants if not v.tasks and v.final(PRIMARY)[2]}
-    plots = [noise_plot,
+    targets = {f"{v.name} final": v.final(PRIMARY)[0] for v in variants if not v.tasks and v.final(PRIMARY)[2]}
+    plots = [
         _plot(variants, [PRIMARY], "epoch", "epoch", "kNN top-1 (%)", "kNN accuracy vs epoch", out / "knn_vs_epoch.png",
               targets=targets),
         _plot(variants, [PRIMARY], "train_time_s", "training wall-clock (s, evaluation excluded)", "kNN top-1 (%)",
@@ -454,8 +503,10 @@ def write_report(paths: Sequence[str | Path], out_dir: str | Path, title: str = 
     plots.append(_plot(variants, train_keys, "epoch", "epoch", "loss", "Training loss terms", out / "losses.png", "train"))
     acc_keys = sorted({k for r in runs for rec in r.train for k in rec if k.startswith("acc/")})
     if acc_keys:
-        plots.append(_plot([v for v in variants if v.tasks], acc_keys, "epoch", "epoch", "accuracy", "Auxiliary-task accuracy",
-                           out / "aux_accuracy.png", "train"))
+        chance = {k: {"chance": level} for r in runs for k, level in r.info.chance.items()}
+        plots.append(_plot([v for v in variants if v.tasks], acc_keys, "epoch", "epoch", "accuracy (%)",
+                           "Auxiliary-task accuracy", out / "aux_accuracy.png", "train", scale=100.0, levels=chance))
+    plots.append(noise_plot)  # last: the least read
     plots = [p for p in plots if p is not None]
     md_imgs = "".join(f"![{p.stem}]({p.name})\n\n" for p in plots)
     html_imgs = "".join(

@@ -19,6 +19,8 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
+from auxssl.errors import InputError
+
 RUN_INFO = "run.json"
 METRICS = "metrics.jsonl"
 
@@ -36,6 +38,8 @@ class RunInfo:
         budget: the training budget (epochs, batch size, training images, image size, backbone, …).
         noise: the noise-control knobs that differ from their defaults (``{}``: the natural objective); runs with
             different knobs are different variants.
+        chance: the chance level (%) of each auxiliary-task accuracy the run logs (``acc/rotation``: 25).
+        no_evaluation: why the run has no evaluation (unlabelled data, ``eval.every_epochs: 0``); None otherwise.
     """
 
     name: str
@@ -48,6 +52,8 @@ class RunInfo:
     evaluation: dict[str, dict[str, Any]] = field(default_factory=dict)
     budget: dict[str, Any] = field(default_factory=dict)
     noise: dict[str, Any] = field(default_factory=dict)
+    chance: dict[str, float] = field(default_factory=dict)
+    no_evaluation: str | None = None
 
     @property
     def variant(self) -> str:
@@ -76,7 +82,7 @@ def read_run_info(run_dir: str | Path) -> RunInfo:
     data = json.loads(path.read_text())
     unknown = set(data) - set(RunInfo.__dataclass_fields__)
     if unknown:
-        raise ValueError(f"{path}: unknown keys {sorted(unknown)}")
+        raise InputError(f"{path}: unknown keys {sorted(unknown)} (written by a newer auxssl?)")
     return RunInfo(**data)
 
 

@@ -54,12 +54,41 @@ def test_report_contains_hand_computed_numbers(runs: Path, tmp_path: Path) -> No
     # wall-clock: 70·12 = 840 s and 60·12 = 720 s → 780 ± 85 s; 1000/840 = 1.1905, 1000/720 = 1.3889 → 1.29 ± 0.14
     assert "780 ± 85 s" in md and "1.29 ± 0.14×" in md
     assert "2/2" in md and "95.00" in md and "k=200, T=0.1" in md
+    # n and the seeds; the baseline's own seeds against its mean 81: s0 never, s1 at epoch 100 → floor 1.00×
+    assert "| byol+rotation | cifar10 | 2 (0, 1) |" in md and "above the noise floor (1.00×)" in md
     # kNN by epoch: baseline at epoch 10 is mean(44, 46) = 45.0 ± 1.4; the rotation runs mean(55, 60) = 57.5 ± 3.5
     assert "| ep 10 |" in md and "| byol | 45.0 ± 1.4 |" in md and "| byol+rotation | 57.5 ± 3.5 |" in md
     html = report.html.read_text()
     assert html.count("data:image/png;base64,") == len(report.plots) == 4
     assert "1.55 ± 0.17×" in html and "<table>" in html
     assert {p.name for p in report.plots} == {"knn_vs_epoch.png", "knn_vs_time.png", "losses.png", "aux_accuracy.png"}
+
+
+def test_a_one_seed_speed_up_is_not_headlined_as_a_result(tmp_path: Path) -> None:
+    make_run(tmp_path, "base", [], 0, lambda e: 0.8 * e, 1.0)  # final 80
+    make_run(tmp_path, "rot", ["rotation"], 0, lambda e: min(90.0, 1.6 * e), 1.0)  # 80 at epoch 50: "2.00×"
+    md = write_report([tmp_path], tmp_path / "out").markdown.read_text()
+    row = next(line for line in md.splitlines() if line.startswith("| byol+rotation | byol |"))
+    assert "2.00×" in row and row.rstrip(" |").endswith("n = 1: not a result")
+
+
+def test_a_speed_up_within_the_baselines_own_spread_is_shown_as_such(tmp_path: Path) -> None:
+    make_run(tmp_path, "base-s0", [], 0, lambda e: 60 + 0.3 * e, 1.0)  # final 90; reaches the mean 80 at 70
+    make_run(tmp_path, "base-s1", [], 1, lambda e: 0.7 * e, 1.0)  # final 70
+    for seed in (0, 1):
+        make_run(tmp_path, f"rot-s{seed}", ["rotation"], seed, lambda e: float(e), 1.0)  # 80 at epoch 80: 1.25×
+    md = write_report([tmp_path], tmp_path / "out").markdown.read_text()
+    row = next(line for line in md.splitlines() if line.startswith("| byol+rotation | byol |"))
+    assert "1.25 ± 0.00×" in row and "1.43× / 1.43×" in row and "within the noise floor (1.43×)" in row  # 100/70
+
+
+def test_report_text_has_no_python_none_and_counts_in_words(tmp_path: Path) -> None:
+    run = make_run(tmp_path, "base", [], 0, lambda e: 0.8 * e, 1.0)
+    info = json.loads((run / "run.json").read_text())
+    info["budget"]["train_subset"] = None
+    (run / "run.json").write_text(json.dumps(info))
+    md = write_report([tmp_path], tmp_path / "out").markdown.read_text()
+    assert "from 1 run." in md and "train_subset none" in md and "None" not in md
 
 
 def test_report_marks_seeds_that_never_reach_the_baseline(tmp_path: Path) -> None:
