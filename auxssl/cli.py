@@ -14,6 +14,8 @@ import sys
 from collections.abc import Sequence
 from pathlib import Path
 
+from auxssl.errors import UserError
+
 EXIT_USAGE = 2
 
 
@@ -30,23 +32,47 @@ def _eval(args: argparse.Namespace) -> int:
     from dataclasses import asdict
 
     from auxssl.data.datasets import get_dataset
+    from auxssl.engine.build import random_subset
     from auxssl.engine.precision import resolve_device
     from auxssl.eval.knn import KNNProtocol
     from auxssl.eval.linear import ProbeConfig
     from auxssl.eval.offline import evaluate_backbone, load_backbone
     from auxssl.eval.semisup import SemiSupervisedConfig, finetune_semisupervised
 
+    if args.k < 1 or args.temperature <= 0 or args.probe_epochs < 1 or (args.image_size is not None and args.image_size < 1):
+        raise UserError("--k, --probe-epochs and --image-size must be positive and --temperature above 0")
+    if any(not 0 < f < 1 for f in args.semisup):
+        raise UserError(f"--semisup fractions must lie in (0, 1), got {args.semisup}")
     device = resolve_device(args.device)
-    backbone = load_backbone(args.checkpoint, args.backbone, args.cifar_stem, args.width).to(device)
-    train = get_dataset(args.dataset, "train", args.root, args.download)
-    test = get_dataset(args.dataset, "test", args.root, args.download)
+    checkpoint = Path(args.checkpoint)
+    if checkpoint.is_dir():  # a run directory: its last checkpoint
+        from auxssl.engine.checkpoint import find_last_checkpoint
+
+        checkpoint = find_last_checkpoint(checkpoint)
+        if checkpoint is None:
+            raise FileNotFoundError(f"{args.checkpoint} holds no checkpoint")
+    backbone, built = load_backbone(checkpoint, args.backbone, args.cifar_stem, args.width)
+    backbone = backbone.to(device)
+    # the run's own evaluation protocol unless told otherwise: its dataset (when none is named) and image size
+    own = not (args.dataset or args.root) and built.get("dataset") is not None
+    dataset = args.dataset or built.get("dataset") or "cifar10_jpg"
+    root = built.get("root") if own else args.root
+    train = get_dataset(dataset, "train", root, args.download)
+    test = get_dataset(dataset, "test", root, args.download)
+    if own:  # the run's fixed random bank and test subsets (the seed every run shares)
+        train, test = random_subset(train, built.get("bank_subset")), random_subset(test, built.get("test_subset"))
+    size = args.image_size or built.get("image_size") or _stored_size(train)
+    size_source = "--image-size" if args.image_size else "the run's evaluation size" if built.get("image_size") else \
+        "the dataset's stored size"
     knn = KNNProtocol(args.k, args.temperature)
     linear = ProbeConfig(epochs=args.probe_epochs) if args.linear else None
     mlp = ProbeConfig(epochs=args.probe_epochs, hidden_dim=args.mlp_hidden) if args.mlp else None
-    size = args.image_size or _stored_size(train)
     results: dict = evaluate_backbone(backbone, train, test, knn=knn, linear=linear, mlp=mlp, device=device,
                                       image_size=size)
-    results["protocol"] = {"data": f"features at {size} px; bank: {len(train)} training images; test: {len(test)} images",
+    split = f" ({test.description})" if test.description else ""
+    protocol = "the run's own dataset and subsets" if own else f"dataset {dataset}"
+    results["protocol"] = {"data": f"features at {size} px ({size_source}); {protocol}; bank: {len(train)} training "
+                                   f"images; test: {len(test)} images{split}",
                            "knn": knn.describe(), **({"linear": linear.describe()} if linear else {}),
                            **({"mlp": mlp.describe()} if mlp else {})}
     semisup = {}
@@ -56,9 +82,10 @@ def _eval(args: argparse.Namespace) -> int:
         results.update({k: v for k, v in out.items() if "/" in k})
         results["protocol"]["semisup"] = out["protocol"]
         semisup[f"{100 * fraction:g}pct"] = {"config": out["config"], "subset_indices": out["subset_indices"]}
-    results["checkpoint"] = str(args.checkpoint)
-    results["config"] = {"backbone": args.backbone, "cifar_stem": args.cifar_stem, "dataset": args.dataset,
-                         "image_size": size, "device": str(device), "knn": asdict(knn)}
+    results["checkpoint"] = str(checkpoint)
+    results["config"] = {**{k: built[k] for k in ("backbone", "cifar_stem", "width", "backbone_args")},
+                         "dataset": dataset, "root": root, "image_size": size, "device": str(device),
+                         "knn": asdict(knn)}
     if semisup:
         results["semisup"] = semisup  # the labelled subsets, to reproduce or compare the fine-tuning
     text = json.dumps(results, indent=2)
@@ -69,13 +96,13 @@ def _eval(args: argparse.Namespace) -> int:
 
 
 def _stored_size(dataset) -> int:
-    """The side of the dataset's first image (evaluation at the stored size when no size is given)."""
-    return max(dataset.load(0).size)
+    """The side of the dataset's images when they share one size (else its first readable image's)."""
+    shared = dataset.uniform_size()
+    return max(shared) if shared is not None else max(dataset.load(0).size)
 
 
 def _train(args: argparse.Namespace) -> int:
     from auxssl.config import load_config
-    from auxssl.engine.trainer import train
 
     overrides = list(args.set or [])
     if args.name:
@@ -83,25 +110,45 @@ def _train(args: argparse.Namespace) -> int:
     if args.output_dir:
         overrides.append(f"output_dir={args.output_dir}")
     config = load_config(args.config, overrides)
+    if args.print_config:
+        print(config_text(config), end="")
+        return 0
+    from auxssl.engine.trainer import train
+
     final = train(config, resume=args.resume, init=args.init, allow_config_change=args.allow_config_change)
     print(json.dumps({"run_dir": str(config.run_dir), **final}))
     return 0
 
 
+def config_text(config) -> str:
+    import yaml
+
+    from auxssl.config import to_dict
+
+    return yaml.safe_dump(to_dict(config), sort_keys=False)
+
+
 def _configs(args: argparse.Namespace) -> int:
     import yaml
 
-    from auxssl.config import shipped_configs
+    from auxssl.config import load_config, resolve_config_path, shipped_configs
 
+    if args.action == "show":
+        if not args.name:
+            raise UserError("auxssl configs show needs the NAME of a shipped config (auxssl configs lists them)")
+        path = resolve_config_path(args.name)
+        print(f"# {path}\n{path.read_text()}" if not args.resolved else config_text(load_config(path)), end="")
+        return 0
     for name, path in shipped_configs().items():
-        first = path.read_text().splitlines()[0].lstrip("# ") if path.read_text().startswith("#") else ""
-        data = yaml.safe_load(path.read_text())
-        print(f"{name:30s} {data['model']['method']:13s} {first}")
+        text = path.read_text()
+        first = text.splitlines()[0].lstrip("# ") if text.startswith("#") else ""
+        print(f"{name:30s} {yaml.safe_load(text)['model']['method']:13s} {first}")
     return 0
 
 
 def _quickstart(args: argparse.Namespace) -> int:
     from auxssl.config import load_config
+    from auxssl.engine.resume import ResumeMismatchError
     from auxssl.engine.trainer import train
     from auxssl.eval.report import write_report
 
@@ -116,8 +163,13 @@ def _quickstart(args: argparse.Namespace) -> int:
             f"train.progress={str(not args.quiet).lower()}",
         ]
         config = load_config(None, overrides + list(args.set or []))
-        print(f"[quickstart] training {name} ({args.epochs} epochs on the offline digits dataset)", flush=True)
-        final = train(config, resume=(config.run_dir / "run.json").exists())
+        print(f"[quickstart] training {name} ({args.epochs} epoch{'' if args.epochs == 1 else 's'} on the offline "
+              "digits dataset)", flush=True)
+        try:
+            final = train(config, resume=(config.run_dir / "run.json").exists())
+        except ResumeMismatchError as err:
+            raise UserError(f"{config.run_dir} holds a quickstart run with other settings ({'; '.join(err.differences)}); "
+                            f"choose another --output-dir for a new one, or delete {config.run_dir}") from None
         print(f"[quickstart] {name}: " + ", ".join(f"{k} {v:.2f}" for k, v in final.items()), flush=True)
         runs.append(config.run_dir)
     report = write_report(runs, out / "report", title="auxssl quickstart: base method vs + rotation (digits)")
@@ -129,18 +181,32 @@ def _export(args: argparse.Namespace) -> int:
     import torch
 
     from auxssl.engine.checkpoint import find_last_checkpoint, load_checkpoint
+    from auxssl.eval.offline import SETTINGS_SUFFIX, trained_settings
 
     source = Path(args.source)
     path = find_last_checkpoint(source) if source.is_dir() else source
     if path is None or not path.is_file():
         raise FileNotFoundError(f"no checkpoint found at {source}")
     state = load_checkpoint(path)
-    if "backbone" not in state:
-        raise ValueError(f"{path} is not an auxssl training checkpoint (no 'backbone' entry)")
-    torch.save(state["backbone"], args.out)
-    print(f"exported the backbone of {path} to {args.out}")
-    for line in loading_lines(state.get("config", {}).get("model", {}), str(args.out)):
+    if not isinstance(state.get("backbone"), dict) or not isinstance(state.get("config"), dict):
+        raise UserError(f"{path} is not an auxssl training checkpoint (no 'backbone' and 'config' entries); "
+                        "auxssl export reads run directories and the checkpoints in their checkpoints/ folder")
+    out = Path(args.out)
+    torch.save(state["backbone"], out)
+    settings = {**trained_settings(state["config"]), "exported_from": str(path)}
+    out.with_suffix(SETTINGS_SUFFIX).write_text(json.dumps(settings, indent=2))
+    print(f"exported the backbone of {path} to {out} (architecture and evaluation settings in "
+          f"{out.with_suffix(SETTINGS_SUFFIX)}, which auxssl eval reads)")
+    for line in loading_lines(state["config"].get("model", {}), str(out)):
         print(f"load it with: {line}")
+    return 0
+
+
+def _make_cifar10_jpg(args: argparse.Namespace) -> int:
+    from auxssl.data.datasets import write_cifar10_jpg
+
+    out = write_cifar10_jpg(args.out, args.root, args.download)
+    print(f"wrote {out}: use it with AUXSSL_CIFAR10_JPG={out.resolve()} and data.dataset=cifar10_jpg")
     return 0
 
 
@@ -169,7 +235,7 @@ def loading_lines(model: dict, path: str) -> list[str]:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    from auxssl import __version__
+    from auxssl.version import __version__
 
     parser = argparse.ArgumentParser(prog="auxssl", description="Auxiliary tasks for faster self-supervised learning.")
     parser.add_argument("--version", action="version", version=f"auxssl {__version__}")
@@ -188,17 +254,23 @@ def build_parser() -> argparse.ArgumentParser:
     tr.add_argument("--init", metavar="WEIGHTS", help="start a new run from backbone weights (auxssl export output)")
     tr.add_argument("--name", help="run name (default: the config's)")
     tr.add_argument("--output-dir", help="parent folder of the run directory")
+    tr.add_argument("--print-config", action="store_true",
+                    help="print the resolved config (file, shipped defaults and --set applied, validated) and exit")
     tr.set_defaults(func=_train)
 
     cf = commands.add_parser("configs", help="list the shipped configs (usable by name in auxssl train)")
+    cf.add_argument("action", nargs="?", choices=("list", "show"), default="list",
+                    help="list (default) or show NAME")
+    cf.add_argument("name", nargs="?", metavar="NAME", help="with show: the shipped config (or YAML file) to print")
+    cf.add_argument("--resolved", action="store_true", help="with show: every setting, defaults included, validated")
     cf.set_defaults(func=_configs)
 
     qs = commands.add_parser("quickstart", help="offline demo: base method vs + rotation on digits, then the report")
-    qs.add_argument("--method", default="simclr")
-    qs.add_argument("--backbone", default="resnet10")
-    qs.add_argument("--epochs", type=int, default=5)
-    qs.add_argument("--seed", type=int, default=0)
-    qs.add_argument("--output-dir", default="runs/quickstart")
+    qs.add_argument("--method", default="simclr", help="base method (default simclr; any of auxssl configs' methods)")
+    qs.add_argument("--backbone", default="resnet10", help="backbone (default resnet10)")
+    qs.add_argument("--epochs", type=int, default=5, help="epochs of each run (default 5)")
+    qs.add_argument("--seed", type=int, default=0, help="train.seed of both runs (default 0)")
+    qs.add_argument("--output-dir", default="runs/quickstart", help="where the two runs and the report go")
     qs.add_argument("--set", action="append", metavar="KEY=VALUE", help="extra config overrides for both runs")
     qs.add_argument("--quiet", action="store_true", help="no progress bars")
     qs.set_defaults(func=_quickstart)
@@ -208,6 +280,12 @@ def build_parser() -> argparse.ArgumentParser:
     ex.add_argument("--out", default="backbone.pt")
     ex.set_defaults(func=_export)
 
+    mk = commands.add_parser("make-cifar10-jpg", help="write torchvision's CIFAR-10 as the cifar10_jpg archive")
+    mk.add_argument("out", help="the .tar.gz to write, e.g. cifar10-jpg.tar.gz")
+    mk.add_argument("--root", help="torchvision's CIFAR-10 folder (default: the auxssl cache)")
+    mk.add_argument("--download", action="store_true", help="download CIFAR-10 through torchvision if missing")
+    mk.set_defaults(func=_make_cifar10_jpg)
+
     report = commands.add_parser("report", help="Markdown + HTML convergence report of run directories")
     report.add_argument("runs", nargs="+", help="run directories, or folders holding them")
     report.add_argument("--out", help="output folder (default: <first run>/report)")
@@ -215,25 +293,29 @@ def build_parser() -> argparse.ArgumentParser:
     report.set_defaults(func=_report)
 
     ev = commands.add_parser("eval", help="offline kNN / linear / MLP / semi-supervised evaluation of a checkpoint")
-    ev.add_argument("checkpoint", help="backbone state_dict (auxssl export) or training checkpoint")
+    ev.add_argument("checkpoint", help="run directory (its last checkpoint), training checkpoint, or backbone "
+                                       "state_dict (auxssl export)")
     ev.add_argument("--backbone", default=None,
                     help="architecture (default: the training checkpoint's, else resnet18); timm:<model> for timm")
     ev.add_argument("--cifar-stem", action=argparse.BooleanOptionalAction, default=None,
                     help="CIFAR stem (default: the checkpoint's, else on)")
     ev.add_argument("--width", type=int, default=None, help="ResNet width (default: the checkpoint's, else 64)")
-    ev.add_argument("--dataset", default="cifar10_jpg")
+    ev.add_argument("--dataset", default=None,
+                    help="evaluation dataset (default: the run's own, from the checkpoint or the settings file "
+                         "auxssl export writes; else cifar10_jpg)")
     ev.add_argument("--root", help="dataset root (folder datasets, torchvision datasets, archive path)")
     ev.add_argument("--download", action="store_true", help="allow torchvision to download the dataset")
-    ev.add_argument("--k", type=int, default=200)
-    ev.add_argument("--temperature", type=float, default=0.1)
+    ev.add_argument("--k", type=int, default=200, help="kNN neighbours (default 200)")
+    ev.add_argument("--temperature", type=float, default=0.1, help="kNN vote temperature (default 0.1)")
     ev.add_argument("--linear", action="store_true", help="also train the standard linear probe")
     ev.add_argument("--mlp", action="store_true", help="also train the non-linear (MLP) probe")
-    ev.add_argument("--mlp-hidden", type=int, default=1024)
-    ev.add_argument("--probe-epochs", type=int, default=100)
-    ev.add_argument("--semisup", type=float, nargs="*", default=[], metavar="FRACTION", help="e.g. 0.01 0.1")
+    ev.add_argument("--mlp-hidden", type=int, default=1024, help="hidden width of the MLP probe (default 1024)")
+    ev.add_argument("--probe-epochs", type=int, default=100, help="epochs of the linear / MLP probes (default 100)")
+    ev.add_argument("--semisup", type=float, nargs="*", default=[], metavar="FRACTION",
+                    help="semi-supervised fine-tuning on these label fractions, e.g. 0.01 0.1")
     ev.add_argument("--image-size", type=int, default=None,
-                    help="resize images to this side before the backbone: use the training resolution "
-                         "(data.image_size); default: the dataset's stored size")
+                    help="resize images to this side before the backbone (default: the run's evaluation size, "
+                         "from the checkpoint or export settings; else the dataset's stored size)")
     ev.add_argument("--device", default="auto", help="auto (CUDA when available) | cpu | cuda | cuda:N")
     ev.add_argument("--out", help="write the results JSON here too")
     ev.set_defaults(func=_eval)
@@ -241,16 +323,30 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    from auxssl.engine.preemption import Preempted
-    from auxssl.errors import UserError
-
     args = build_parser().parse_args(argv)
-    logging.basicConfig(level=logging.INFO, format="auxssl: %(message)s")  # resume and other notices reach the console
+    # auxssl's notices (resume, skipped images, data layout) reach the console; other libraries' INFO lines do not
+    handler = logging.StreamHandler()
+    handler.setFormatter(logging.Formatter("auxssl: %(message)s"))
+    package_logger = logging.getLogger("auxssl")
+    if not package_logger.handlers:
+        package_logger.addHandler(handler)
+    package_logger.setLevel(logging.INFO)
+    package_logger.propagate = False
+    from auxssl.engine.preemption import EXIT_INTERRUPTED, Preempted
+
     try:
         return args.func(args)
     except Preempted as stop:
         print(f"auxssl: {stop}", file=sys.stderr)
         return stop.exit_code
+    except BrokenPipeError:  # output piped into `head` and the like
+        sys.stderr.close()
+        return 0
+    except KeyboardInterrupt:
+        if args.debug:
+            raise
+        print("\nauxssl: interrupted (Ctrl-C); checkpoints already written are kept", file=sys.stderr)
+        return EXIT_INTERRUPTED
     except (UserError, FileNotFoundError, FileExistsError) as err:
         if args.debug:
             raise

@@ -328,15 +328,36 @@ def validate(config: RunConfig) -> None:
             close = difflib.get_close_matches(str(value), list(valid), n=1)
             hint = f"; did you mean {close[0]!r}?" if close else ""
             raise ConfigError(f"{key}={value!r} is not one of {', '.join(valid)}{hint}")
-    if config.train.epochs <= 0 or config.data.batch_size <= 1:
-        raise ConfigError("train.epochs must be positive and data.batch_size at least 2")
-    minimum = {"train.log_every_steps": (config.train.log_every_steps, 1),
-               "train.checkpoint_every_steps": (config.train.checkpoint_every_steps, 0),
-               "train.checkpoint_every_epochs": (config.train.checkpoint_every_epochs, 0),
-               "eval.every_epochs": (config.eval.every_epochs, 0)}
+    data, optim, train, evaluation = config.data, config.optim, config.train, config.eval
+    minimum = {"train.epochs": (train.epochs, 1), "data.batch_size": (data.batch_size, 2),
+               "data.image_size": (data.image_size, 1), "data.num_workers": (data.num_workers, 0),
+               "train.log_every_steps": (train.log_every_steps, 1),
+               "train.checkpoint_every_steps": (train.checkpoint_every_steps, 0),
+               "train.checkpoint_every_epochs": (train.checkpoint_every_epochs, 0),
+               "eval.every_epochs": (evaluation.every_epochs, 0), "eval.knn_k": (evaluation.knn_k, 1),
+               "optim.weight_decay": (optim.weight_decay, 0), "optim.warmup_epochs": (optim.warmup_epochs, 0),
+               **{f"tasks[{i}].weight": (task.weight, 0) for i, task in enumerate(config.tasks)}}
+    for key, value in (("data.train_subset", data.train_subset), ("eval.test_subset", evaluation.test_subset),
+                       ("eval.image_size", evaluation.image_size)):
+        if value is not None:
+            minimum[key] = (value, 1)
+    never = {"train.checkpoint_every_steps", "train.checkpoint_every_epochs", "eval.every_epochs"}
     for key, (value, least) in minimum.items():
         if value < least:
-            raise ConfigError(f"{key}={value} must be at least {least}" + (" (0 means never)" if least == 0 else ""))
+            raise ConfigError(f"{key}={value} must be at least {least}" + (" (0 means never)" if key in never else ""))
+    positive = {"optim.lr": optim.lr, "eval.knn_temperature": evaluation.knn_temperature}
+    if data.memory_budget_gb is not None:
+        positive["data.memory_budget_gb"] = data.memory_budget_gb
+    for key, value in positive.items():
+        if not value > 0:
+            raise ConfigError(f"{key}={value} must be positive")
+    for key, value, upper in (("data.reveal_labels", data.reveal_labels, "1]"), ("optim.min_lr_ratio", optim.min_lr_ratio, "1]"),
+                              ("optim.momentum", optim.momentum, "1)")):
+        if not (0 <= value <= 1 and (upper == "1]" or value < 1)):
+            raise ConfigError(f"{key}={value} must lie in [0, {upper}")
+    for key, (dataset, root) in {"data": (data.dataset, data.root), "eval": (evaluation.dataset, evaluation.root)}.items():
+        if dataset == "folder" and not root:
+            raise ConfigError(f"{key}.dataset=folder needs {key}.root: the folder of images (--set {key}.root=PATH)")
     validate_views(config)
     validate_noise(config)
 

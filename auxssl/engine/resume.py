@@ -11,7 +11,11 @@ FREE_TO_CHANGE = ("name", "output_dir", "train.device", "train.progress", "data.
 
 
 class ResumeMismatchError(UserError):
-    """The configuration differs from the one the run was started with."""
+    """The configuration differs from the one the run was started with (``differences``: one line each)."""
+
+    def __init__(self, message: str, differences: list[str]) -> None:
+        super().__init__(message)
+        self.differences = differences
 
 
 def flatten(tree: dict[str, Any], prefix: str = "") -> dict[str, Any]:
@@ -43,6 +47,7 @@ def check_same_config(saved: dict[str, Any], requested: dict[str, Any], where: s
         raise ResumeMismatchError(
             f"{where} was started with other settings; continuing it would relabel its results. Differences: "
             + "; ".join(differences)
-            + ". Use another run name or --output-dir for a new run, or --allow-config-change to continue anyway."
+            + ". Use another run name or --output-dir for a new run, or --allow-config-change to continue anyway.",
+            differences,
         )
     return differences

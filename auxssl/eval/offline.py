@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import torch
@@ -17,29 +19,64 @@ from auxssl.eval.linear import ProbeConfig, linear_probe, mlp_probe
 from baselines.backbones import build_backbone
 
 
-def backbone_settings(state: dict) -> dict:
-    """The backbone a training checkpoint was trained with (``{}`` for a plain state_dict)."""
-    model = state.get("config", {}).get("model", {}) if isinstance(state.get("config"), dict) else {}
-    keys = {"backbone": "arch", "cifar_stem": "cifar_stem", "width": "width", "backbone_args": "options"}
-    return {new: model[old] for old, new in keys.items() if old in model}
+#: Suffix of the settings file `auxssl export` writes beside exported weights (``backbone.pt`` → ``backbone.json``).
+SETTINGS_SUFFIX = ".json"
+
+
+def trained_settings(config: dict) -> dict[str, Any]:
+    """How a run's backbone was built and evaluated, from its resolved config: architecture (``backbone``,
+    ``cifar_stem``, ``width``, ``backbone_args``) and evaluation protocol (``image_size``, ``dataset``, ``root``, and
+    the fixed random subsets of the kNN bank and the test split: ``bank_subset``, ``test_subset``)."""
+    model, data, evaluation = (config.get(k) or {} for k in ("model", "data", "eval"))
+    separate = evaluation.get("dataset") is not None
+    own_bank = not separate and evaluation.get("bank", "train") == "train"
+    return {
+        "backbone": model.get("backbone"), "cifar_stem": model.get("cifar_stem"), "width": model.get("width"),
+        "backbone_args": model.get("backbone_args") or {},
+        "image_size": evaluation.get("image_size") or data.get("image_size"),
+        "dataset": evaluation["dataset"] if separate else data.get("dataset"),
+        "root": evaluation.get("root") if separate else data.get("root"),
+        "bank_subset": data.get("train_subset") if own_bank else None,
+        "test_subset": evaluation.get("test_subset"),
+    }
+
+
+def checkpoint_settings(path: str | Path, state: dict) -> dict[str, Any]:
+    """`trained_settings` of a training checkpoint (from the config it holds) or of exported weights (from the
+    settings file beside them, `SETTINGS_SUFFIX`); ``{}`` for weights that come with neither."""
+    if isinstance(state.get("config"), dict):
+        return trained_settings(state["config"])
+    sidecar = Path(path).with_suffix(SETTINGS_SUFFIX)
+    if sidecar.is_file():
+        try:
+            return json.loads(sidecar.read_text())
+        except json.JSONDecodeError as err:
+            raise InputError(f"{sidecar}: not a settings file written by auxssl export ({err})") from None
+    return {}
 
 
 def load_backbone(path: str | Path, arch: str | None = None, cifar_stem: bool | None = None, width: int | None = None,
-                  options: dict | None = None) -> nn.Module:
-    """A backbone from a plain state_dict (``auxssl export``) or a training checkpoint holding ``"backbone"``.
+                  options: dict | None = None) -> tuple[nn.Module, dict[str, Any]]:
+    """A backbone from a plain state_dict (``auxssl export``) or a training checkpoint holding ``"backbone"``,
+    and the settings it was built with (`checkpoint_settings`, overridden by the arguments that are not None).
 
-    A training checkpoint also tells its architecture (backbone, CIFAR stem, width, timm options): arguments left
-    as None are taken from it, else default to a ResNet-18 with the CIFAR stem.
+    Arguments left as None come from the checkpoint (a training checkpoint's config, or the settings file that
+    ``auxssl export`` writes beside the weights), else default to a ResNet-18 with the CIFAR stem at width 64.
     """
     state = load_checkpoint(path)
-    trained = backbone_settings(state)
+    settings = checkpoint_settings(path, state)
     if isinstance(state.get("backbone"), dict):
         state = state["backbone"]
-    arch = arch or trained.get("arch", "resnet18")
-    cifar_stem = trained.get("cifar_stem", True) if cifar_stem is None else cifar_stem
-    width = width or trained.get("width", 64)
-    options = options if options is not None else trained.get("options") or None
-    backbone = build_backbone(arch, cifar_stem=cifar_stem, width=width, options=options)
+    arch = arch or settings.get("backbone") or "resnet18"
+    cifar_stem = (True if settings.get("cifar_stem") is None else settings["cifar_stem"]) if cifar_stem is None else cifar_stem
+    width = width or settings.get("width") or 64
+    options = options if options is not None else settings.get("backbone_args") or None
+    try:
+        backbone = build_backbone(arch, cifar_stem=cifar_stem, width=width, options=options)
+    except (ValueError, ImportError) as err:
+        raise InputError(f"backbone {arch}: {err}") from err
+    if not isinstance(state, dict) or not all(isinstance(v, torch.Tensor) for v in state.values()):
+        raise InputError(f"{path} holds neither a backbone state_dict nor an auxssl training checkpoint")
     state = {k: v for k, v in state.items() if not k.startswith("fc.")}
     problem = f"{path} does not hold {arch} (cifar_stem={cifar_stem}, width={width}) weights"
     try:
@@ -48,7 +85,8 @@ def load_backbone(path: str | Path, arch: str | None = None, cifar_stem: bool | 
         raise InputError(f"{problem}: {str(err).splitlines()[1].strip()}") from err
     if missing or unexpected:
         raise InputError(f"{problem}: missing {missing[:5]}, unexpected {unexpected[:5]}")
-    return backbone
+    used = {**settings, "backbone": arch, "cifar_stem": cifar_stem, "width": width, "backbone_args": options or {}}
+    return backbone, used
 
 
 def evaluate_backbone(

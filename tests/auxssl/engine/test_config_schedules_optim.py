@@ -50,9 +50,11 @@ def test_every_shipped_and_experiment_config_is_valid_and_shipped_ones_load_by_n
     from auxssl.config import shipped_configs
 
     shipped = shipped_configs()
-    assert len(shipped) == 28 and "byol_rotation_cifar10" in shipped
-    for name in shipped:
-        assert load_config(name).model.method  # by name, from the package
+    assert len(shipped) == 29 and "byol_rotation_cifar10" in shipped and "own_folder" in shipped
+    for name in shipped:  # by name, from the package (own_folder needs the user's folder)
+        assert load_config(name, ["data.root=/photos"] if name == "own_folder" else []).model.method
+    with pytest.raises(ConfigError, match="data.dataset=folder needs data.root"):
+        load_config("own_folder")
     for path in sorted((Path(__file__).parents[3] / "experiments" / "configs").glob("*.yaml")):
         load_config(path)
     with pytest.raises(ConfigError, match="did you mean .byol_rotation_cifar10."):

@@ -18,7 +18,7 @@ import torch
 from auxssl.cli import main
 from auxssl.config import load_config, save_config
 from auxssl.engine.checkpoint import atomic_save, find_last_checkpoint, load_checkpoint
-from auxssl.engine.preemption import EXIT_PREEMPTED
+from auxssl.engine.preemption import EXIT_INTERRUPTED, EXIT_PREEMPTED
 from auxssl.engine.trainer import Trainer, train
 from auxssl.eval.tracker import read_metrics
 from baselines import Batch
@@ -67,10 +67,10 @@ def final_weights(run_dir: Path) -> dict[str, torch.Tensor]:
 
 
 @pytest.mark.parametrize(("backend", "sig"), [("tensor", signal.SIGTERM), ("torchvision", signal.SIGUSR1),
-                                              ("ffcv", signal.SIGTERM)])
+                                              ("ffcv", signal.SIGTERM), ("tensor", signal.SIGINT)])
 def test_preempted_run_checkpoints_and_resumes_bit_identically(tmp_path: Path, backend: str, sig: int) -> None:
-    """SIGTERM/SIGUSR1 mid-epoch → checkpoint at the step boundary, exit 75; ``--resume`` then ends with exactly the
-    weights of the uninterrupted run (rotation labels included) and no record twice."""
+    """SIGTERM/SIGUSR1 (and Ctrl-C) mid-epoch → checkpoint at the step boundary, exit 75 (130); ``--resume`` then
+    ends with exactly the weights of the uninterrupted run (rotation labels included) and no record twice."""
     if backend == "ffcv":
         pytest.importorskip("ffcv")
     overrides = [f"data.backend={backend}", "data.num_workers=1" if backend == "ffcv" else "data.num_workers=0"]
@@ -80,7 +80,9 @@ def test_preempted_run_checkpoints_and_resumes_bit_identically(tmp_path: Path, b
     stopped = cli("train", str(tmp_path / "stopped.yaml"))
     wait_for_records(tmp_path / "stopped", stopped, 2)
     stopped.send_signal(sig)
-    assert stopped.wait(timeout=120) == EXIT_PREEMPTED, stopped.output()[-2000:]
+    expected = EXIT_INTERRUPTED if sig == signal.SIGINT else EXIT_PREEMPTED
+    assert stopped.wait(timeout=120) == expected, stopped.output()[-2000:]
+    assert "Traceback" not in stopped.output() and "--resume" in stopped.output()
     state = load_checkpoint(find_last_checkpoint(tmp_path / "stopped"))
     assert 2 <= state["step"] < 8 and state["batch_in_epoch"] > 0 or state["step"] == 4  # mid-epoch (or at its end)
     resumed = cli("train", str(tmp_path / "stopped.yaml"), "--resume")
@@ -130,8 +132,11 @@ def test_quickstart_into_a_folder_of_another_seed_is_refused(tmp_path: Path, cap
     args = ["quickstart", "--epochs", "1", "--output-dir", str(tmp_path), "--quiet", "--set", "data.train_subset=128",
             "--set", "eval.test_subset=64", "--set", "model.width=8"]
     assert main(args) == 0
+    capsys.readouterr()
     assert main([*args, "--seed", "1"]) == 2
-    assert "train.seed: 0 → 1" in capsys.readouterr().err
+    err = capsys.readouterr().err.strip().splitlines()[-1]
+    assert err.startswith("auxssl: error: ") and "train.seed: 0 → 1" in err
+    assert "--output-dir" in err and "--allow-config-change" not in err  # only flags quickstart accepts
     assert json.loads((tmp_path / "simclr" / "run.json").read_text())["seed"] == 0
     assert main(args) == 0  # the same run again: its numbers, no training
     assert "[quickstart] simclr: knn/top1" in capsys.readouterr().out
@@ -249,3 +254,19 @@ def test_channels_last_stays_off_for_8_channel_convolutions_on_cpu(tmp_path: Pat
     assert not narrow.channels_last and wide.channels_last
     for batch in (8, 7):  # the sequence that crashed with channels_last
         narrow.train_step(Batch([torch.rand(batch, 3, 16, 16) for _ in range(2)]))
+
+
+def test_a_second_ctrl_c_stops_at_once() -> None:
+    """The first Ctrl-C asks for a checkpoint at the step boundary; the second raises at once; on leaving the
+    guard the previous handler is back."""
+    from auxssl.engine.preemption import PreemptionGuard
+
+    before = signal.getsignal(signal.SIGINT)
+    with PreemptionGuard() as guard:
+        os.kill(os.getpid(), signal.SIGINT)
+        time.sleep(0.05)  # the handler runs between bytecodes
+        assert guard.requested() and guard.signal_name == "SIGINT"
+        with pytest.raises(KeyboardInterrupt):
+            os.kill(os.getpid(), signal.SIGINT)
+            time.sleep(0.05)
+    assert signal.getsignal(signal.SIGINT) is before
