@@ -19,6 +19,8 @@
 # An existing run is resumed from its last checkpoint (a finished one only prints its results); if its settings differ
 # from the ones asked for (e.g. other EPOCHS), auxssl refuses rather than relabel it: use another OUT.
 set -euo pipefail
+. "$(dirname "$0")/common.sh"
+script_start "$0" "$@"
 cd "$(dirname "$0")/.."
 
 METHODS=${METHODS:-"byol simclr simsiam moco_v2 swav barlow_twins vicreg"}

@@ -20,6 +20,8 @@
 # checkpoint; finished runs are not retrained (auxssl prints their results) and a run whose settings differ from
 # the ones asked for is refused, never relabelled.
 set -euo pipefail
+. "$(dirname "$0")/common.sh"
+script_start "$0" "$@"
 cd "$(dirname "$0")/.."
 
 CONFIG=experiments/configs/study_cifar10_cpu.yaml
