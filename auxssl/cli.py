@@ -96,9 +96,12 @@ def _eval(args: argparse.Namespace) -> int:
 
 
 def _stored_size(dataset) -> int:
-    """The side of the dataset's images when they share one size (else its first readable image's)."""
+    """The side of the dataset's images when they share one size; images of several sizes need --image-size."""
     shared = dataset.uniform_size()
-    return max(shared) if shared is not None else max(dataset.load(0).size)
+    if shared is None:
+        raise UserError(f"the images of {dataset.name} differ in size and nothing says at which size the backbone "
+                        "was trained: pass --image-size")
+    return max(shared)
 
 
 def _train(args: argparse.Namespace) -> int:

@@ -45,6 +45,7 @@ from auxssl.engine.checkpoint import (
 )
 from auxssl.engine.distributed import DistributedContext, convert_batchnorm, init_distributed, wrap_ddp
 from auxssl.engine.loggers import build_sinks
+from auxssl.engine.machine import machine_info
 from auxssl.engine.optim import build_optimizer
 from auxssl.engine.precision import resolve_device, resolve_precision
 from auxssl.engine.preemption import Preempted, PreemptionGuard
@@ -361,7 +362,7 @@ class Trainer:
         return RunInfo(name=cfg.name, method=cfg.model.method, dataset=cfg.data.dataset,
                        tasks=[task_label(t) for t in cfg.tasks], seed=cfg.train.seed, epochs=cfg.train.epochs,
                        protocol=protocol, evaluation=evaluation, budget=budget, noise=noise_knobs(cfg.noise),
-                       chance=chance, no_evaluation=self.no_evaluation)
+                       chance=chance, no_evaluation=self.no_evaluation, machine=machine_info(self.device))
 
     def state(self) -> dict[str, Any]:
         return {

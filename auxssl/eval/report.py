@@ -420,6 +420,15 @@ def write_report(paths: Sequence[str | Path], out_dir: str | Path, title: str = 
         items.append("**training budgets differ**: " + "; ".join(budgets))
     elif runs[0].info.budget:
         items.append("**training budget** (every run): " + ", ".join(f"{k} {show(v)}" for k, v in runs[0].info.budget.items()))
+    machines = {r.path.name: r.info.machine.get("cpu", "not recorded") for r in runs}
+    if len(set(machines.values())) > 1:
+        items.append("**machines differ** (wall-clock compares only runs of one machine): "
+                     + "; ".join(f"{cpu}: {', '.join(n for n, c in machines.items() if c == cpu)}"
+                                 for cpu in sorted(set(machines.values()))))
+    elif runs[0].info.machine:
+        machine = runs[0].info.machine
+        items.append(f"**machine** (every run): {machine.get('cpu')}, native bf16 {machine.get('native_bf16')}, "
+                     f"torch {machine.get('torch')}")
     unevaluated = [r for r in runs if r.info.no_evaluation]
     if unevaluated:
         items.append("**no evaluation**: " + "; ".join(f"{r.path.name}: {r.info.no_evaluation}" for r in unevaluated))

@@ -40,6 +40,8 @@ class RunInfo:
             different knobs are different variants.
         chance: the chance level (%) of each auxiliary-task accuracy the run logs (``acc/rotation``: 25).
         no_evaluation: why the run has no evaluation (unlabelled data, ``eval.every_epochs: 0``); None otherwise.
+        machine: where it ran (processor, native bf16, torch, threads, GPU): wall-clock is comparable only
+            between runs of one machine.
     """
 
     name: str
@@ -54,6 +56,7 @@ class RunInfo:
     noise: dict[str, Any] = field(default_factory=dict)
     chance: dict[str, float] = field(default_factory=dict)
     no_evaluation: str | None = None
+    machine: dict[str, Any] = field(default_factory=dict)
 
     @property
     def variant(self) -> str:

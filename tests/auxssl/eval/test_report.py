@@ -199,5 +199,5 @@ def test_train_clock_cpu_time_counts_work_not_waiting() -> None:
         while time.process_time() < deadline:
             pass
     clock.stop()
-    assert 10.3 <= clock.elapsed < 10.5
+    assert 10.3 <= clock.elapsed < 11.5  # loose above: a loaded machine can deschedule the busy loop
     assert 5.09 <= clock.cpu_elapsed < 5.17
