@@ -127,9 +127,13 @@ class CheckpointedStage(nn.Sequential):
         return contextlib.nullcontext(), _batchnorm_stats_restored(self)
 
     def forward(self, x: Tensor) -> Tensor:
-        if self.training and torch.is_grad_enabled():
-            return checkpoint(super().forward, x, use_reentrant=False, context_fn=self._contexts)
-        return super().forward(x)
+        if not (self.training and torch.is_grad_enabled()):
+            return super().forward(x)
+        if torch.compiler.is_compiling():
+            # Dynamo traces the recomputation into the backward graph without replaying the running-statistics
+            # update, so no context is needed (and it would call a bound ``context_fn`` without ``self``)
+            return checkpoint(super().forward, x, use_reentrant=False)
+        return checkpoint(super().forward, x, use_reentrant=False, context_fn=self._contexts)
 
 
 def enable_activation_checkpointing(backbone: nn.Module) -> None:
@@ -374,7 +378,7 @@ class Trainer:
                 "head": self.online_probe.state_dict(), "optimizer": self.online_probe.optimizer.state_dict()},
             "step": self.step, "epoch": self.epoch, "batch_in_epoch": self.batch_in_epoch,
             "images_seen": self.images_seen, "train_time_s": self.clock.elapsed,
-            "train_cpu_s": self.clock.cpu_elapsed, "rng": rng_state(), "config": to_dict(self.config),
+            "train_cpu_s": self.clock.cpu_elapsed, "rng": rng_state(self.device), "config": to_dict(self.config),
         }
 
     def save_checkpoint(self) -> Path | None:
@@ -419,7 +423,7 @@ class Trainer:
         self.step, self.epoch, self.batch_in_epoch = state["step"], state["epoch"], state["batch_in_epoch"]
         self.images_seen = state["images_seen"]
         self.clock = TrainClock(state["train_time_s"], state.get("train_cpu_s", 0.0))
-        set_rng_state(state["rng"])
+        set_rng_state(state["rng"], self.device)
         if self.log is not None:
             self.log.truncate_after(self.step)
         logger.info("resumed %s at epoch %d, step %d", path, self.epoch, self.step)
