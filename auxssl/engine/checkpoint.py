@@ -27,8 +27,10 @@ class UnsafeCheckpointError(InputError):
     """A checkpoint that cannot be loaded without running code from it (or is not a checkpoint at all)."""
 
 
-def rng_state() -> dict[str, Any]:
-    """Every generator's state as tensors and numbers (readable with ``weights_only=True``)."""
+def rng_state(device: torch.device | None = None) -> dict[str, Any]:
+    """Every generator's state as tensors and numbers (readable with ``weights_only=True``): CPU, NumPy, Python,
+    and the CUDA generator of the training ``device`` only (under torchrun every process sees every GPU of its
+    node; saving them all made a resume on fewer visible GPUs fail)."""
     kind, keys, pos, has_gauss, cached_gaussian = np.random.get_state()
     version, mt_state, gauss_next = random.getstate()
     state: dict[str, Any] = {
@@ -37,20 +39,26 @@ def rng_state() -> dict[str, Any]:
                   "has_gauss": int(has_gauss), "cached_gaussian": float(cached_gaussian)},
         "python": {"version": version, "state": torch.tensor(mt_state, dtype=torch.int64), "gauss_next": gauss_next},
     }
-    if torch.cuda.is_available():
-        state["cuda"] = torch.cuda.get_rng_state_all()
+    if device is not None and device.type == "cuda":
+        state["cuda"] = torch.cuda.get_rng_state(device)
     return state
 
 
-def set_rng_state(state: dict[str, Any]) -> None:
+def set_rng_state(state: dict[str, Any], device: torch.device | None = None) -> None:
+    """Restore `rng_state`; the CUDA state goes to the training ``device`` (a checkpoint written before only the
+    device's state was saved holds one state per visible GPU: the device's own is taken, else the first)."""
     torch.set_rng_state(state["torch"])
     numpy = state["numpy"]
     np.random.set_state((numpy["kind"], numpy["keys"].numpy().astype(np.uint32), numpy["pos"], numpy["has_gauss"],
                          numpy["cached_gaussian"]))
     python = state["python"]
     random.setstate((python["version"], tuple(int(v) for v in python["state"].tolist()), python["gauss_next"]))
-    if "cuda" in state and torch.cuda.is_available():
-        torch.cuda.set_rng_state_all(state["cuda"])
+    cuda = state.get("cuda")
+    if cuda is not None and device is not None and device.type == "cuda":
+        if isinstance(cuda, (list, tuple)):  # every visible GPU's state (older checkpoints)
+            index = device.index if device.index is not None else torch.cuda.current_device()
+            cuda = cuda[index] if index < len(cuda) else cuda[0]
+        torch.cuda.set_rng_state(cuda, device)
 
 
 def atomic_save(obj: Any, path: Path) -> None:

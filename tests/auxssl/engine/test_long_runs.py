@@ -270,3 +270,23 @@ def test_a_second_ctrl_c_stops_at_once() -> None:
             os.kill(os.getpid(), signal.SIGINT)
             time.sleep(0.05)
     assert signal.getsignal(signal.SIGINT) is before
+
+
+def test_cuda_rng_state_is_the_training_devices_only(monkeypatch) -> None:
+    """Under torchrun every rank sees every GPU of its node: saving all their states made a resume with fewer
+    visible GPUs fail (IndexError). Only the training device's state is saved and restored (CUDA simulated)."""
+    from auxssl.engine.checkpoint import rng_state, set_rng_state
+
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(torch.cuda, "get_rng_state_all", lambda: pytest.fail("saved every visible GPU's state"))
+    monkeypatch.setattr(torch.cuda, "get_rng_state", lambda device: torch.tensor([device.index], dtype=torch.uint8))
+    state = rng_state(torch.device("cuda", 3))
+    assert state["cuda"].tolist() == [3] and "cuda" not in rng_state(torch.device("cpu"))
+    restored: list = []
+    monkeypatch.setattr(torch.cuda, "set_rng_state_all", lambda states: pytest.fail("restored every GPU"))
+    monkeypatch.setattr(torch.cuda, "set_rng_state", lambda s, device: restored.append((s.tolist(), device)))
+    set_rng_state(state, torch.device("cuda", 0))  # resumed where only one GPU is visible
+    older = {**state, "cuda": [torch.tensor([k], dtype=torch.uint8) for k in range(8)]}  # all 8 GPUs' states
+    set_rng_state(older, torch.device("cuda", 1))
+    set_rng_state(state, torch.device("cpu"))  # a CPU resume ignores the CUDA state
+    assert restored == [([3], torch.device("cuda", 0)), ([1], torch.device("cuda", 1))]
