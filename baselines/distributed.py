@@ -45,6 +45,19 @@ def gather_no_grad(x: Tensor) -> Tensor:
     return torch.cat(out, dim=0)
 
 
+@torch.no_grad()
+def gather_uneven_no_grad(x: Tensor) -> Tensor:
+    """`gather_no_grad` for tensors whose first dimension differs between ranks (padded, gathered, trimmed)."""
+    if not is_distributed():
+        return x
+    sizes = gather_no_grad(torch.tensor([x.shape[0]], device=x.device))
+    longest = int(sizes.max())
+    padded = x.new_zeros((longest, *x.shape[1:]))
+    padded[: x.shape[0]] = x
+    parts = gather_no_grad(padded).split(longest)
+    return torch.cat([part[: int(n)] for part, n in zip(parts, sizes)], dim=0)
+
+
 def all_reduce_(x: Tensor, op: str = "sum") -> Tensor:
     """In-place all-reduce (``"sum"`` or ``"max"``); the identity in a single process."""
     if is_distributed():

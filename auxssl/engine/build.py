@@ -130,7 +130,8 @@ def build_train_loader(
     config: RunConfig, train: ImageDataset, device: torch.device, rank: int = 0, world_size: int = 1,
     noise: NoiseControl | None = None,
 ) -> MultiViewLoader:
-    """The training loader; under torch.distributed each process loads its own disjoint share of the data.
+    """The training loader; under torch.distributed each process loads its own disjoint share of the data, of the
+    same size on every process (the last ``N mod W`` images of the epoch's order sit out).
     ``noise`` supplies the epoch order (batches grouped by class) and the good-crop forcing of noise control."""
     data = config.data
     recipe = get_recipe(data.recipe, data.image_size)
@@ -138,7 +139,8 @@ def build_train_loader(
     if world_size > 1:
         if data.batch_size % world_size:
             raise InputError(f"data.batch_size={data.batch_size} must be divisible by the {world_size} processes")
-        shard = np.arange(rank, len(train), world_size)
+        # ⌊N/W⌋ images each (as DistributedSampler(drop_last=True)): every rank runs the same number of steps
+        shard = np.arange(rank, len(train) - len(train) % world_size, world_size)
         train = ImageSubset(train, shard)
         labels = None if labels is None else labels[shard]
     local_batch = data.batch_size // world_size

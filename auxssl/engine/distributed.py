@@ -93,12 +93,49 @@ def wrap_ddp(model: nn.Module, device: torch.device) -> nn.parallel.DistributedD
     )
 
 
+class AllReduceBatchNormAct(AllReduceBatchNorm):
+    """`AllReduceBatchNorm` followed by the dropout and activation of a timm ``BatchNormAct2d`` (its ``drop`` and
+    ``act`` children, kept under the same names so checkpoints load either way)."""
+
+    def __init__(self, *args, drop: nn.Module, act: nn.Module, **kwargs) -> None:
+        super().__init__(*args, **kwargs)
+        self.drop, self.act = drop, act
+
+    def forward(self, x: Tensor) -> Tensor:
+        return self.act(self.drop(super().forward(x)))
+
+
+#: Batch norms converted as they are; a norm followed by an activation (timm's ``BatchNormAct2d``) keeps it.
+PLAIN_NORMS = (nn.BatchNorm1d, nn.BatchNorm2d, nn.BatchNorm3d, nn.SyncBatchNorm)
+
+
+def _is_norm_act(module: nn.Module) -> bool:
+    return isinstance(module, _BatchNorm) and isinstance(getattr(module, "act", None), nn.Module) and \
+        isinstance(getattr(module, "drop", None), nn.Module)
+
+
 def convert_batchnorm(module: nn.Module, device_type: str) -> nn.Module:
-    """Synchronise every batch norm across processes: `nn.SyncBatchNorm` on CUDA, `AllReduceBatchNorm` elsewhere."""
+    """Synchronise every batch norm across processes, keeping what each computes: `nn.SyncBatchNorm` on CUDA
+    (timm's converter where timm is installed, so that its ``BatchNormAct2d`` keeps its activation),
+    `AllReduceBatchNorm` / `AllReduceBatchNormAct` elsewhere. A batch-norm subclass of another kind is refused
+    rather than replaced by a plain norm that would compute something else."""
     if device_type == "cuda":
-        return nn.SyncBatchNorm.convert_sync_batchnorm(module)
+        try:
+            from timm.layers import convert_sync_batchnorm
+        except ImportError:
+            return nn.SyncBatchNorm.convert_sync_batchnorm(module)
+        return convert_sync_batchnorm(module)
     if isinstance(module, _BatchNorm) and not isinstance(module, AllReduceBatchNorm):
-        new = AllReduceBatchNorm(module.num_features, module.eps, module.momentum, module.affine, module.track_running_stats)
+        args = (module.num_features, module.eps, module.momentum, module.affine, module.track_running_stats)
+        if _is_norm_act(module):
+            new: AllReduceBatchNorm = AllReduceBatchNormAct(*args, drop=module.drop, act=module.act)
+        elif type(module) in PLAIN_NORMS:
+            new = AllReduceBatchNorm(*args)
+        else:
+            from auxssl.errors import InputError
+
+            raise InputError(f"cannot synchronise {type(module).__name__} across processes without changing what it "
+                             "computes; use a backbone with standard batch norms")
         reference = module.weight if module.affine else module.running_mean
         if reference is not None:  # keep the original's dtype and device
             new.to(device=reference.device, dtype=reference.dtype)

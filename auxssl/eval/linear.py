@@ -21,6 +21,7 @@ from auxssl.data.loaders import build_loader
 from auxssl.data.recipes import get_recipe
 from auxssl.eval.features import extract_features
 from auxssl.eval.knn import topk_accuracy
+from baselines.distributed import gather_uneven_no_grad
 
 
 @dataclass(frozen=True)
@@ -207,16 +208,20 @@ class OnlineLinearProbe(nn.Module):
                 "training step; loss and top-1 averaged over labelled samples")
 
     def update(self, features: Tensor, labels: Tensor) -> dict[str, float]:
+        """One step on the labelled samples; under torch.distributed on those of every process (gathered), so the
+        probe sees the whole labelled stream and stays identical on every rank."""
         keep = labels >= 0
-        n = int(keep.sum())
+        features, labels = features.detach()[keep].float(), labels[keep]
+        features, labels = gather_uneven_no_grad(features), gather_uneven_no_grad(labels)
+        n = len(labels)
         if n < 2:  # batch norm needs two samples
             return {}
         with torch.autocast(features.device.type, enabled=False):
-            logits = self.head(features.detach()[keep].float())
-            loss_sum = F.cross_entropy(logits, labels[keep], reduction="sum")
+            logits = self.head(features)
+            loss_sum = F.cross_entropy(logits, labels, reduction="sum")
         self.optimizer.zero_grad(set_to_none=True)
         (loss_sum / self.reference_batch).backward()
         self.optimizer.step()
-        accuracy = (logits.argmax(dim=1) == labels[keep]).float().mean().item()
+        accuracy = (logits.argmax(dim=1) == labels).float().mean().item()
         return {"online_linear/loss": loss_sum.item() / n, "online_linear/top1": 100 * accuracy,
                 "online_linear/labelled": n}

@@ -73,3 +73,14 @@ def visible_labels(labels: np.ndarray | None, rows: np.ndarray) -> torch.Tensor 
     if labels is None:
         return None
     return torch.from_numpy(np.asarray(labels, dtype=np.int64)[rows])
+
+
+def fill_skipped(kept: np.ndarray, n: int) -> np.ndarray:
+    """Positions into ``kept`` (the sorted dataset rows that decoded) for all ``n`` rows of the dataset: a row that
+    failed takes the next row that decoded (cyclically), so an epoch keeps ``n`` samples and, under
+    torch.distributed, every rank the same number of steps whatever files it could not read."""
+    kept = np.asarray(kept, dtype=np.int64)
+    if len(kept) == 0:
+        raise ValueError("no image decoded")
+    following = np.searchsorted(kept, np.arange(n)) % len(kept)
+    return following.astype(np.int64)

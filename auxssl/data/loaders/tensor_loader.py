@@ -14,6 +14,7 @@ from auxssl.data.loaders.base import (
     GoodCrops,
     OrderFactory,
     derive_seed,
+    fill_skipped,
     num_batches,
     shuffled_order,
     visible_labels,
@@ -121,7 +122,8 @@ class KorniaViews:
 class TensorLoader:
     """Multi-view batches from an in-memory uint8 tensor, augmented on ``device`` with kornia.
 
-    The images are decoded once (`ImageDataset.to_uint8`; corrupt files skipped and listed in ``skipped``; images of
+    The images are decoded once (`ImageDataset.to_uint8`; a file that does not decode is counted in ``skipped`` and
+    its place taken by the next image that does, so an epoch keeps one sample per dataset row; images of
     different sizes resized to the recipe's view size, aspect ratio not kept) and moved to ``device``. Each batch's augmentation is seeded by ``(seed, epoch, batch)``, so runs are
     reproducible and a resumed epoch sees the same batches. Batches carry their crop boxes (`KorniaViews`).
     """
@@ -145,9 +147,13 @@ class TensorLoader:
         self.device = torch.device(device)
         if images is None:  # mixed-size images are stored at the recipe's largest view size
             images, rows = dataset.to_uint8(dataset.storage_size(max(spec.size for spec in recipe.views)))
-        self.rows = np.arange(len(images)) if rows is None else np.asarray(rows)
+        decoded_rows = np.arange(len(images)) if rows is None else np.asarray(rows)
         self.images = images.to(self.device)
-        self.skipped = len(dataset) - len(self.rows)
+        self.skipped = len(dataset) - len(decoded_rows)
+        # one slot per dataset row; an image that did not decode is replaced by the next one that did
+        self.slots = torch.from_numpy(fill_skipped(decoded_rows, len(dataset)) if self.skipped else
+                                      np.arange(len(decoded_rows)))
+        self.rows = decoded_rows[self.slots.numpy()]  # the dataset row each slot shows
         self.source_index = dataset.source_indices()[self.rows]
         self.recipe, self.batch_size, self.labels = recipe, batch_size, labels
         self.seed, self.drop_last, self.epoch, self.start_batch = seed, drop_last, 0, 0
@@ -165,7 +171,8 @@ class TensorLoader:
         for b in range(self.start_batch, len(self)):
             positions = order[b * self.batch_size : (b + 1) * self.batch_size]
             rows = self.rows[positions.numpy()]
-            views, boxes = self.augment(self.images[positions.to(self.device)], derive_seed(self.seed, self.epoch, b, 2))
+            images = self.images[self.slots[positions].to(self.device)]
+            views, boxes = self.augment(images, derive_seed(self.seed, self.epoch, b, 2))
             yield Batch(
                 views=views,
                 index=torch.from_numpy(self.source_index[positions.numpy()]).to(self.device),

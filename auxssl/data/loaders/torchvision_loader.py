@@ -81,13 +81,21 @@ class _MultiViewDataset(Dataset):
     def __len__(self) -> int:
         return len(self.dataset)
 
-    def __getitem__(self, item: tuple[int, int]) -> _Sample | int:
-        """The sample's views, row and crop boxes; only its row when the image cannot be decoded."""
+    def __getitem__(self, item: tuple[int, int]) -> tuple[_Sample, list[int]]:
+        """The sample's views, row and crop boxes, and the rows that failed to decode on the way: an image that
+        cannot be decoded is replaced by the next one that can (same augmentation seed), so batches keep their
+        size and, under torch.distributed, every rank its number of steps."""
         row, seed = item
-        try:
-            image = self.dataset.load(row)
-        except CorruptImageError:
-            return row
+        failed: list[int] = []
+        while True:
+            try:
+                image = self.dataset.load(row)
+                break
+            except CorruptImageError:
+                failed.append(row)
+                if len(failed) == len(self.dataset):
+                    raise InputError(f"no image of {self.dataset.name} can be decoded") from None
+                row = (row + 1) % len(self.dataset)
         torch.manual_seed(seed)  # per-sample augmentation independent of worker count and resumption
         height, width = v2.functional.get_size(image)
         views, crops = [], []
@@ -106,7 +114,7 @@ class _MultiViewDataset(Dataset):
         if len(crops) == len(views):
             size = torch.tensor([width, height], dtype=torch.float64)
             boxes = torch.cat([crop_to_box(c, size) for c in crops])
-        return views, row, boxes
+        return (views, row, boxes), failed
 
     def _force_good(self, box: Tensor, reference: Tensor, height: int, width: int, seed: int) -> Tensor:
         spec, good = self.recipe.views[1], self.good_crops
@@ -115,11 +123,9 @@ class _MultiViewDataset(Dataset):
                                 good.fraction, good.min_iou, torch.Generator().manual_seed(derive_seed(seed, 6)))
 
 
-def _collate(samples: list[_Sample | int]) -> tuple[list[Tensor], Tensor, Tensor | None, list[int]]:
-    kept = [s for s in samples if not isinstance(s, int)]
-    failed = [s for s in samples if isinstance(s, int)]
-    if not kept:
-        raise InputError(f"every image of a batch failed to decode (dataset rows {failed[:5]}…)")
+def _collate(samples: list[tuple[_Sample, list[int]]]) -> tuple[list[Tensor], Tensor, Tensor | None, list[int]]:
+    kept = [s for s, _ in samples]
+    failed = [row for _, rows in samples for row in rows]
     views = [torch.stack([s[0][v] for s in kept]) for v in range(len(kept[0][0]))]
     boxes = None if kept[0][2] is None else torch.stack([s[2] for s in kept], dim=1)
     return views, torch.tensor([s[1] for s in kept]), boxes, failed
@@ -128,8 +134,9 @@ def _collate(samples: list[_Sample | int]) -> tuple[list[Tensor], Tensor, Tensor
 class TorchvisionLoader:
     """Multi-view batches from per-sample torchvision transforms in ``num_workers`` processes.
 
-    Corrupt images are skipped (the batch shrinks by one) and noted in the dataset (`ImageDataset.note_skipped`);
-    ``skipped`` counts them and each batch reports its own count in ``batch.extra["skipped"]``.
+    An image that cannot be decoded is replaced by the next one that can (batches keep their size) and noted in
+    the dataset (`ImageDataset.note_skipped`); ``skipped`` counts such failures and each batch reports its own
+    count in ``batch.extra["skipped"]``.
     """
 
     def __init__(

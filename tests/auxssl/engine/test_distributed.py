@@ -30,14 +30,25 @@ HEADS = {
     "barlow_twins": dict(proj_hidden_dim=32, proj_dim=32),
     "vicreg": dict(proj_hidden_dim=32, proj_dim=32),
 }
-CASES = sorted(HEADS) + ["byol+rotation", "simclr+fn_elimination"]
+CASES = sorted(HEADS) + ["byol+rotation", "simclr+fn_elimination", "simclr+norm_act"]
 #: Labels of the global batch for the masked SimCLR case: the (8, 8) mask removes same-class negatives.
 GLOBAL_LABELS = torch.tensor([0, 1, 0, 1, 2, 2, 0, 1])
 
 
-def small_backbone() -> nn.Module:
-    net = nn.Sequential(nn.Conv2d(3, 8, 3, padding=1, bias=False), nn.BatchNorm2d(8), nn.ReLU(),
-                        nn.AdaptiveAvgPool2d(1), nn.Flatten())
+class NormAct2d(nn.BatchNorm2d):
+    """timm's ``BatchNormAct2d`` in miniature: a batch norm whose ``drop`` and ``act`` children follow it."""
+
+    def __init__(self, channels: int) -> None:
+        super().__init__(channels)
+        self.drop, self.act = nn.Identity(), nn.Tanh()
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.act(self.drop(super().forward(x)))
+
+
+def small_backbone(norm_act: bool = False) -> nn.Module:
+    norm = [NormAct2d(8)] if norm_act else [nn.BatchNorm2d(8), nn.ReLU()]
+    net = nn.Sequential(nn.Conv2d(3, 8, 3, padding=1, bias=False), *norm, nn.AdaptiveAvgPool2d(1), nn.Flatten())
     net.feature_dim = 8
     return net
 
@@ -47,7 +58,7 @@ def build(case: str) -> nn.Module:
     gradients by ~1e-4) and any real discrepancy stands out."""
     torch.manual_seed(0)
     method = case.split("+")[0]
-    model = METHODS[method](small_backbone(), **HEADS[method])
+    model = METHODS[method](small_backbone(norm_act=case.endswith("+norm_act")), **HEADS[method])
     if case.endswith("+rotation"):  # "all" mode: deterministic, so the split batch sees the same rotations
         model = AuxWrapper(model, [RotationPrediction(mode="all", weight=0.5)])
     return model.double()
@@ -170,6 +181,40 @@ def test_ranks_draw_different_augmentations_deterministically() -> None:
     assert process_seed(7, 0, 1) == 7 and len({process_seed(7, r, 4) for r in range(4)}) == 4
 
 
+def test_batchnorm_conversion_keeps_what_every_norm_computes() -> None:
+    """Converting for several processes changes nothing in one process: a norm followed by an activation keeps
+    it (timm's BatchNormAct2d lost it before, changing efficientnet_b0's output by up to 22.5), parameter names
+    stay, and a batch-norm subclass of unknown behaviour is refused rather than replaced."""
+    import copy
+
+    from auxssl.errors import InputError
+
+    torch.manual_seed(0)
+    net = small_backbone(norm_act=True).eval()
+    x = torch.randn(4, 3, 8, 8)
+    converted = convert_batchnorm(copy.deepcopy(net), "cpu").eval()
+    torch.testing.assert_close(converted(x), net(x), rtol=0, atol=0)
+    assert list(converted.state_dict()) == list(net.state_dict())
+
+    class Odd(nn.BatchNorm2d):
+        def forward(self, x: torch.Tensor) -> torch.Tensor:
+            return 2 * super().forward(x)
+
+    with pytest.raises(InputError, match="cannot synchronise Odd"):
+        convert_batchnorm(nn.Sequential(Odd(3)), "cpu")
+
+
+def test_timm_backbones_keep_their_outputs_when_converted() -> None:
+    timm = pytest.importorskip("timm")
+    import copy
+
+    for name in ("efficientnet_b0", "regnety_002"):
+        torch.manual_seed(0)
+        model = timm.create_model(name, num_classes=0).eval()
+        x = torch.randn(2, 3, 64, 64)
+        torch.testing.assert_close(convert_batchnorm(copy.deepcopy(model), "cpu").eval()(x), model(x), rtol=0, atol=0)
+
+
 def test_the_masked_case_really_masks() -> None:
     """The fn-elimination parity case is not the unmasked loss under another name."""
     assert reference("simclr+fn_elimination")[0] != pytest.approx(reference("simclr")[0])
@@ -201,3 +246,105 @@ def test_sharded_feature_extraction_gathers_what_one_process_extracts() -> None:
             features, gathered_labels = torch.load(Path(tmp) / f"features{rank}.pt")
             torch.testing.assert_close(features, single)
             assert torch.equal(gathered_labels, labels)
+
+
+def probe_batches(rank: int) -> list[tuple[torch.Tensor, torch.Tensor]]:
+    """Three steps of features and revealed labels (-1 hidden; a different share per rank)."""
+    g = torch.Generator().manual_seed(10 + rank)
+    batches = []
+    for _ in range(3):
+        labels = torch.randint(0, 3, (6,), generator=g)
+        labels[torch.rand(6, generator=g) < 0.3 + 0.2 * rank] = -1
+        batches.append((torch.randn(6, 4, generator=g), labels))
+    return batches
+
+
+def probe_worker(rank: int, init_file: str, out_dir: str) -> None:
+    from auxssl.eval.linear import OnlineLinearProbe
+
+    dist.init_process_group("gloo", init_method=f"file://{init_file}", rank=rank, world_size=WORLD)
+    torch.set_num_threads(1)
+    torch.manual_seed(0)
+    probe = OnlineLinearProbe(4, 3)
+    metrics = [probe.update(x, y) for x, y in probe_batches(rank)]
+    torch.save((probe.state_dict(), metrics), Path(out_dir) / f"probe{rank}.pt")
+    dist.destroy_process_group()
+
+
+def test_online_probe_learns_from_every_rank_and_stays_identical() -> None:
+    """Under W processes the online probe learned from 1/W of the labelled stream and each rank drifted its own
+    way; now every rank steps on the gathered labelled samples: identical weights and metrics on all ranks,
+    equal to one process stepping on the concatenated batches."""
+    from auxssl.eval.linear import OnlineLinearProbe
+
+    with tempfile.TemporaryDirectory() as tmp:
+        mp.spawn(probe_worker, args=(str(Path(tmp) / "init"), tmp), nprocs=WORLD, join=True)
+        (state0, metrics0), (state1, metrics1) = (torch.load(Path(tmp) / f"probe{r}.pt") for r in range(WORLD))
+    assert all(torch.equal(state0[k], state1[k]) for k in state0) and metrics0 == metrics1
+    torch.manual_seed(0)
+    single = OnlineLinearProbe(4, 3)
+    for steps in zip(*(probe_batches(r) for r in range(WORLD))):
+        x, y = torch.cat([s[0] for s in steps]), torch.cat([s[1] for s in steps])
+        expected = single.update(x, y)
+    assert metrics0[-1]["online_linear/labelled"] == expected["online_linear/labelled"]
+    for key, value in single.state_dict().items():
+        torch.testing.assert_close(state0[key], value)
+
+
+@pytest.mark.parametrize("backend", ["tensor", "torchvision"])
+def test_three_processes_run_equal_steps_on_an_uneven_folder_with_a_corrupt_image(tmp_path: Path,
+                                                                                  backend: str) -> None:
+    """torchrun with 3 processes, SimCLR (whose loss gathers every rank's embeddings), a folder of 107 files
+    (not a multiple of 3 × the batch) one of which does not decode: before, shards of 36/36/35 images gave 6/6/5
+    steps and the corrupt file shortened a batch, and a rank died in all_gather. Now every shard holds
+    ⌊107/3⌋ = 35 images and the corrupt one is replaced: 35 // 6 = 5 steps on every rank."""
+    import os
+    import subprocess
+    import sys
+
+    from PIL import Image
+
+    from auxssl.eval.tracker import read_metrics
+
+    rng = torch.Generator().manual_seed(0)
+    for i in range(107):
+        folder = tmp_path / "data" / ("a" if i % 2 else "b")
+        folder.mkdir(parents=True, exist_ok=True)
+        pixels = torch.randint(0, 256, (8, 8, 3), generator=rng, dtype=torch.uint8).numpy()
+        Image.fromarray(pixels).save(folder / f"{i:03d}.png")
+    cut = tmp_path / "data" / "a" / "001.png"
+    cut.write_bytes(cut.read_bytes()[:-30])  # the header reads; the pixels do not decode
+    sets = [f"data.root={tmp_path / 'data'}", f"data.backend={backend}", "data.image_size=8", "data.batch_size=18",
+            "data.num_workers=0", "model.backbone=resnet10", "model.width=16", "model.cifar_stem=true",
+            "model.method_args={proj_hidden_dim: 32, proj_dim: 16}", "tasks=[]", "train.epochs=2",
+            "train.precision=fp32", "train.progress=false", "train.log_every_steps=1", "optim.warmup_epochs=0",
+            "eval.every_epochs=0", "eval.at_start=false"]
+    command = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=3", "-m", "auxssl",
+               "train", "own_folder", "--output-dir", str(tmp_path / "runs"), "--name", "ddp",
+               *(a for s in sets for a in ("--set", s))]
+    result = subprocess.run(command, capture_output=True, text=True, timeout=400,
+                            env={**os.environ, "OMP_NUM_THREADS": "1", "AUXSSL_CACHE": str(tmp_path / "cache")})
+    assert result.returncode == 0, result.stderr[-3000:]
+    train = read_metrics(tmp_path / "runs" / "ddp", "train")
+    assert [r["step"] for r in train] == list(range(1, 11)) and train[-1]["images_seen"] == 10 * 18
+
+
+@pytest.mark.parametrize("backend", ["tensor", "torchvision"])
+def test_every_rank_gets_the_same_steps_and_batch_size(tmp_path: Path, backend: str) -> None:
+    """The shards behind the torchrun test, built directly: 107 files (one truncated) over 3 ranks, local batch 6."""
+    from PIL import Image
+
+    from auxssl.config import load_config
+    from auxssl.data.datasets import FolderDataset
+    from auxssl.engine.build import build_train_loader
+
+    for i in range(107):
+        Image.new("RGB", (8, 8), (i, 0, 0)).save(tmp_path / f"{i:03d}.png")
+    (tmp_path / "000.png").write_bytes((tmp_path / "001.png").read_bytes()[:-30])  # rank 0's first image
+    dataset = FolderDataset(tmp_path)
+    config = load_config(None, ["data.batch_size=18", "data.image_size=8", f"data.backend={backend}",
+                                "data.num_workers=0"])
+    loaders = [build_train_loader(config, dataset, torch.device("cpu"), rank, 3) for rank in range(3)]
+    assert [len(loader) for loader in loaders] == [5, 5, 5]  # ⌊107/3⌋ = 35 images each
+    sizes = [[batch.size for batch in loader] for loader in loaders]
+    assert sizes == [[6] * 5] * 3
