@@ -32,8 +32,17 @@ class DistributedContext:
 
 
 def init_distributed(device_type: str) -> DistributedContext:
-    """Join the process group torchrun describes (``RANK``, ``WORLD_SIZE``, ``LOCAL_RANK``); single process otherwise."""
+    """Join the process group torchrun describes (``RANK``, ``WORLD_SIZE``, ``LOCAL_RANK``); single process otherwise.
+
+    Several SLURM tasks without torchrun (``srun python -m auxssl train``) would be independent runs writing one run
+    directory: refused, saying how to launch."""
     world = int(os.environ.get("WORLD_SIZE", "1"))
+    tasks = int(os.environ.get("SLURM_NTASKS", "1") or 1)
+    if "WORLD_SIZE" not in os.environ and tasks > 1:
+        from auxssl.errors import UserError
+
+        raise UserError(f"{tasks} SLURM tasks but no torchrun: each would train alone into the same run directory; "
+                        "start one task per node running torchrun (see the README's distributed section)")
     if world <= 1:
         return DistributedContext()
     if not dist.is_initialized():

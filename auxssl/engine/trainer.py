@@ -70,6 +70,10 @@ from baselines.protocol import Batch
 
 logger = logging.getLogger("auxssl")
 
+#: The file a pre-empted run leaves in its directory (the signal, the checkpoint), removed when it continues: a job
+#: script requeues when it exists (torchrun's own exit status does not tell a pre-emption from a failure).
+PREEMPTED = "preempted"
+
 #: The file of a run directory listing the unreadable images its datasets left out, one path a line.
 SKIPPED_IMAGES = "skipped_images.txt"
 
@@ -302,6 +306,7 @@ class Trainer:
             self._initialise_backbone(Path(init))
         if self.dist.is_main:
             self.run_dir.mkdir(parents=True, exist_ok=True)
+            (self.run_dir / PREEMPTED).unlink(missing_ok=True)  # continued now
             self._record_skipped_images()
             remove_partial_writes(self.run_dir)
             # a resumed run keeps the records it was started with, unless its settings were explicitly changed
@@ -570,6 +575,8 @@ class Trainer:
                             self.save_checkpoint()
                         if guard.requested():
                             path = self.save_checkpoint()
+                            if self.dist.is_main:  # what a job script tests to requeue (torchrun exits 1 itself)
+                                (self.run_dir / PREEMPTED).write_text(f"{guard.signal_name}\n{path}\n")
                             raise Preempted(f"stopped by {guard.signal_name} at epoch {self.epoch}, step {self.step}; "
                                             f"checkpoint {path}: continue with the same command and --resume",
                                             guard.signal_name)

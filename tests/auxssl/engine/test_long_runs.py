@@ -290,3 +290,41 @@ def test_cuda_rng_state_is_the_training_devices_only(monkeypatch) -> None:
     set_rng_state(older, torch.device("cuda", 1))
     set_rng_state(state, torch.device("cpu"))  # a CPU resume ignores the CUDA state
     assert restored == [([3], torch.device("cuda", 0)), ([1], torch.device("cuda", 1))]
+
+
+def test_torchrun_forwards_sigusr1_with_the_documented_launch_line(tmp_path: Path) -> None:
+    """SLURM's warning signal reaches the workers only when torchrun is told to forward it (the README's line):
+    they checkpoint at the step boundary, the run directory says it was pre-empted (what a job script tests to
+    requeue: torchrun's own status is 1 either way), and the same command with --resume finishes the run."""
+    save_config(load_config(None, tiny(tmp_path, "slurm", "train.epochs=12", "eval.every_epochs=6")),
+                tmp_path / "slurm.yaml")
+    launch = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2",
+              "--signals-to-handle=SIGTERM,SIGINT,SIGUSR1", "--shutdown-timeout=120", "-m", "auxssl", "train",
+              str(tmp_path / "slurm.yaml")]
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    err = tmp_path / "torchrun.err"
+    with err.open("wb") as stderr:
+        process = subprocess.Popen(launch, stdout=subprocess.DEVNULL, stderr=stderr, env=env)
+        deadline = time.time() + 300
+        while not (tmp_path / "slurm" / "metrics.jsonl").exists() or len(read_metrics(tmp_path / "slurm", "train")) < 3:
+            assert process.poll() is None and time.time() < deadline, err.read_text()[-3000:]
+            time.sleep(0.1)
+        process.send_signal(signal.SIGUSR1)
+        process.wait(timeout=180)
+    marker = tmp_path / "slurm" / "preempted"
+    assert marker.exists(), err.read_text()[-3000:]
+    signal_name, checkpoint = marker.read_text().split()
+    state = load_checkpoint(Path(checkpoint))
+    assert signal_name == "SIGUSR1" and 3 <= state["step"] < 48
+    resumed = subprocess.run([*launch, "--resume"], capture_output=True, text=True, timeout=600, env=env)
+    assert resumed.returncode == 0, resumed.stderr[-3000:]
+    assert not marker.exists() and load_checkpoint(find_last_checkpoint(tmp_path / "slurm"))["step"] == 48
+
+
+def test_srun_without_torchrun_is_refused(tmp_path: Path, capsys, monkeypatch) -> None:
+    monkeypatch.setenv("SLURM_NTASKS", "4")
+    monkeypatch.delenv("WORLD_SIZE", raising=False)
+    save_config(load_config(None, tiny(tmp_path, "srun")), tmp_path / "srun.yaml")
+    assert main(["train", str(tmp_path / "srun.yaml")]) == 2
+    assert "4 SLURM tasks but no torchrun" in capsys.readouterr().err
+    assert not (tmp_path / "srun").exists()
