@@ -43,6 +43,16 @@ class Precision:
         return {None: "fp32", torch.bfloat16: "bf16", torch.float16: "fp16"}[self.dtype]
 
     @property
+    def label(self) -> str:
+        """What runs, for records: ``name``, and where CUDA computes "fp32" in TF32 (cuDNN convolutions by
+        default, matmuls when enabled), say so."""
+        if self.dtype is not None or self.device_type != "cuda":
+            return self.name
+        tf32 = [what for what, on in (("convolutions", torch.backends.cudnn.allow_tf32),
+                                      ("matmuls", torch.backends.cuda.matmul.allow_tf32)) if on]
+        return f"fp32 (TF32 {' and '.join(tf32)})" if tf32 else "fp32"
+
+    @property
     def needs_scaler(self) -> bool:
         return self.dtype is torch.float16 and self.device_type == "cuda"
 

@@ -166,12 +166,14 @@ def channels_last_is_safe(model: nn.Module, device: torch.device) -> bool:
 
 
 def seed_everything(seed: int, deterministic: bool) -> None:
+    """Seed every generator; ``deterministic``: deterministic kernels, else cuDNN autotuning (SSL batches keep
+    one shape, so the tuned convolutions are reused every step)."""
     random.seed(seed)
     np.random.seed(seed)
     torch.manual_seed(seed)
     if deterministic:
         torch.use_deterministic_algorithms(True, warn_only=True)
-        torch.backends.cudnn.benchmark = False
+    torch.backends.cudnn.benchmark = not deterministic
 
 
 class FeatureTap:
@@ -362,8 +364,9 @@ class Trainer:
             "epochs": cfg.train.epochs, "batch_size": cfg.data.batch_size, "steps_per_epoch": self.steps_per_epoch,
             "train_images": len(self.train_set), "train_subset": cfg.data.train_subset,
             "image_size": cfg.data.image_size, "backbone": cfg.model.backbone, "recipe": cfg.data.recipe,
-            "precision": self.precision.name, "world_size": self.dist.world_size,
-            "backend": resolve_backend(cfg, self.train_set, self.device), "init": self.init,
+            "precision": self.precision.label, "world_size": self.dist.world_size,
+            "backend": getattr(self.loader, "backend", resolve_backend(cfg, self.train_set, self.device)),
+            "init": self.init,
             "skipped_images": len(self.skipped_images()),
         }
         tasks = getattr(self.model, "tasks", [])
@@ -499,7 +502,8 @@ class Trainer:
             return evaluate_backbone(self.model.backbone, self.bank_set, self.test_set, knn=self.knn_protocol,
                                      linear=linear, device=self.device, image_size=self.eval_image_size,
                                      decoded=self._decoded_eval_images(), precision=self.eval_precision,
-                                     shard=(self.dist.rank, self.dist.world_size))
+                                     shard=(self.dist.rank, self.dist.world_size),
+                                     num_workers=self.config.data.num_workers)
 
     def _decoded_eval_images(self) -> tuple | None:
         """The evaluation images decoded once per run when they fit `memory_budget` (much faster than decoding at

@@ -102,6 +102,7 @@ def evaluate_backbone(
     decoded: tuple[tuple[torch.Tensor, np.ndarray], tuple[torch.Tensor, np.ndarray]] | None = None,
     precision: str = "auto",
     shard: tuple[int, int] = (0, 1),
+    num_workers: int = 2,
 ) -> dict[str, float]:
     """Features of both splits extracted once (evaluation transform), then kNN and/or probes; accuracies in %.
 
@@ -111,9 +112,10 @@ def evaluate_backbone(
     Without ``decoded``, images not already in memory are streamed (memory bounded by a batch and the features).
     ``precision``: of the feature extraction (`extract_features`). ``shard=(rank, world_size)``: under
     torch.distributed every process extracts its share; the evaluators run on rank 0 (the others return ``{}``).
+    ``num_workers``: processes decoding streamed images (the run's ``data.num_workers``).
     """
     (train_images, train_rows), (test_images, test_rows) = decoded or ((None, None), (None, None))
-    common = dict(device=device, image_size=image_size, precision=precision, shard=shard)
+    common = dict(device=device, image_size=image_size, precision=precision, shard=shard, num_workers=num_workers)
     train_x, train_y = extract_features(backbone, train, images=train_images, rows=train_rows, **common)
     test_x, test_y = extract_features(backbone, test, images=test_images, rows=test_rows, **common)
     if shard[0] != 0:

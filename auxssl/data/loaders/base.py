@@ -20,6 +20,7 @@ from baselines.protocol import Batch
 @runtime_checkable
 class MultiViewLoader(Protocol):
     batch_size: int
+    backend: str  # the data.backend it implements
 
     def __iter__(self) -> Iterator[Batch]: ...
 

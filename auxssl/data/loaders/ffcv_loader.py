@@ -136,6 +136,8 @@ class FFCVLoader:
     seeded shuffling as in every backend).
     """
 
+    backend = "ffcv"  # the data.backend it implements, recorded in run.json
+
     def __init__(
         self,
         path: str | Path,

@@ -128,6 +128,8 @@ class TensorLoader:
     reproducible and a resumed epoch sees the same batches. Batches carry their crop boxes (`KorniaViews`).
     """
 
+    backend = "tensor"  # the data.backend it implements, recorded in run.json
+
     def __init__(
         self,
         dataset: ImageDataset,

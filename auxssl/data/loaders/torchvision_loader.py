@@ -139,6 +139,8 @@ class TorchvisionLoader:
     count in ``batch.extra["skipped"]``.
     """
 
+    backend = "torchvision"  # the data.backend it implements, recorded in run.json
+
     def __init__(
         self,
         dataset: ImageDataset,

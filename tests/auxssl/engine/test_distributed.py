@@ -291,13 +291,15 @@ def test_online_probe_learns_from_every_rank_and_stays_identical() -> None:
         torch.testing.assert_close(state0[key], value)
 
 
-@pytest.mark.parametrize("backend", ["tensor", "torchvision"])
+@pytest.mark.parametrize("backend", ["tensor", "torchvision", "auto"])
 def test_three_processes_run_equal_steps_on_an_uneven_folder_with_a_corrupt_image(tmp_path: Path,
                                                                                   backend: str) -> None:
     """torchrun with 3 processes, SimCLR (whose loss gathers every rank's embeddings), a folder of 107 files
     (not a multiple of 3 × the batch) one of which does not decode: before, shards of 36/36/35 images gave 6/6/5
     steps and the corrupt file shortened a batch, and a rank died in all_gather. Now every shard holds
-    ⌊107/3⌋ = 35 images and the corrupt one is replaced: 35 // 6 = 5 steps on every rank."""
+    ⌊107/3⌋ = 35 images and the corrupt one is replaced: 35 // 6 = 5 steps on every rank. With ``auto`` and a
+    memory budget that the whole folder exceeds (20 kB decoded) but a shard fits (7 kB), run.json records the
+    backend that ran on the shards (tensor), not the one the whole set would get."""
     import os
     import subprocess
     import sys
@@ -318,7 +320,7 @@ def test_three_processes_run_equal_steps_on_an_uneven_folder_with_a_corrupt_imag
             "data.num_workers=0", "model.backbone=resnet10", "model.width=16", "model.cifar_stem=true",
             "model.method_args={proj_hidden_dim: 32, proj_dim: 16}", "tasks=[]", "train.epochs=2",
             "train.precision=fp32", "train.progress=false", "train.log_every_steps=1", "optim.warmup_epochs=0",
-            "eval.every_epochs=0", "eval.at_start=false"]
+            "eval.every_epochs=0", "eval.at_start=false", "data.memory_budget_gb=0.00001"]
     command = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=3", "-m", "auxssl",
                "train", "own_folder", "--output-dir", str(tmp_path / "runs"), "--name", "ddp",
                *(a for s in sets for a in ("--set", s))]
@@ -327,6 +329,10 @@ def test_three_processes_run_equal_steps_on_an_uneven_folder_with_a_corrupt_imag
     assert result.returncode == 0, result.stderr[-3000:]
     train = read_metrics(tmp_path / "runs" / "ddp", "train")
     assert [r["step"] for r in train] == list(range(1, 11)) and train[-1]["images_seen"] == 10 * 18
+    import json
+
+    recorded = json.loads((tmp_path / "runs" / "ddp" / "run.json").read_text())["budget"]["backend"]
+    assert recorded == ("tensor" if backend == "auto" else backend)
 
 
 @pytest.mark.parametrize("backend", ["tensor", "torchvision"])

@@ -324,3 +324,22 @@ def test_evaluation_at_start_records_the_initial_weights_once(tmp_path: Path) ->
     resumed = Trainer(config, resume=True)  # finished: returns its numbers, evaluates nothing again
     resumed.fit()
     assert len(read_metrics(config.run_dir, "eval")) == 3
+
+
+def test_records_say_what_ran_tf32_and_cudnn_autotuning() -> None:
+    """On CUDA "fp32" convolutions run in TF32 by default: the record says so; cuDNN autotunes unless runs must
+    be deterministic (SSL batches keep one shape)."""
+    from auxssl.engine.precision import Precision
+    from auxssl.engine.trainer import seed_everything
+
+    assert Precision(None, "cpu").label == "fp32" and Precision(torch.bfloat16, "cuda").label == "bf16"
+    assert Precision(None, "cuda").label == "fp32 (TF32 convolutions)"  # torch's defaults
+    before = torch.backends.cudnn.benchmark
+    try:
+        seed_everything(0, deterministic=False)
+        assert torch.backends.cudnn.benchmark
+        seed_everything(0, deterministic=True)
+        assert not torch.backends.cudnn.benchmark
+    finally:
+        torch.backends.cudnn.benchmark = before
+        torch.use_deterministic_algorithms(False)
