@@ -14,7 +14,7 @@ import os
 import shutil
 import tarfile
 import tempfile
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
@@ -73,6 +73,10 @@ class ImageDataset(Dataset):
 
     def note_skipped(self, indices: Sequence[int] | np.ndarray) -> None:
         """Record that the images at ``indices`` failed to decode (a folder lists them in ``skipped``)."""
+
+    def has_decoded(self, size: int | None) -> bool:
+        """Whether `to_uint8` at ``size`` is cheap (images in memory, or decoded before and cached)."""
+        return self.in_memory
 
     @property
     def labelled(self) -> bool:
@@ -304,17 +308,10 @@ class FolderDataset(ImageDataset):
 
     def to_uint8(self, size: int | None = None, cache: bool = True) -> tuple[torch.Tensor, np.ndarray]:
         """`ImageDataset.to_uint8`, cached as ``.npz`` in `default_cache_dir`; unreadable files go to ``skipped``."""
-        cache_file = self._cache_file(size) if cache else None
-        if cache_file is not None and cache_file.exists():
-            stored = np.load(cache_file)
-            self.note_skipped(stored["skipped"])
-            return torch.from_numpy(stored["images"]), stored["kept"]
-        tensor, kept = super().to_uint8(size)
-        skipped = np.setdiff1d(np.arange(len(self)), kept)
-        self.note_skipped(skipped)
-        if cache_file is not None:
-            _atomic_savez(cache_file, images=tensor.numpy(), kept=kept, skipped=skipped)
-        return tensor, kept
+        return cached_uint8(self, size, cache, lambda: ImageDataset.to_uint8(self, size))
+
+    def has_decoded(self, size: int | None) -> bool:
+        return self._cache_file(size).exists()
 
     def note_skipped(self, indices: Sequence[int] | np.ndarray) -> None:
         """Add the files at ``indices`` (which failed to decode) to ``skipped``, once each."""
@@ -341,7 +338,29 @@ class FolderDataset(ImageDataset):
         return int(height), int(width)
 
     def _cache_file(self, size: int | None) -> Path:
-        return default_cache_dir() / "decoded" / f"{self.name}-{self.fingerprint()[:16]}-{size}.npz"
+        return decoded_cache_file(self, size)
+
+
+def decoded_cache_file(dataset: ImageDataset, size: int | None) -> Path:
+    """Where `cached_uint8` keeps a dataset's decoded images: keyed by name, content fingerprint and size."""
+    return default_cache_dir() / "decoded" / f"{dataset.name}-{dataset.fingerprint()[:16]}-{size}.npz"
+
+
+def cached_uint8(dataset: ImageDataset, size: int | None, cache: bool,
+                 decode: Callable[[], tuple[torch.Tensor, np.ndarray]]) -> tuple[torch.Tensor, np.ndarray]:
+    """``decode()`` (images and the rows that decoded), read from or written to `decoded_cache_file` when
+    ``cache``; the rows that did not decode are noted in the dataset (`ImageDataset.note_skipped`)."""
+    cache_file = decoded_cache_file(dataset, size) if cache else None
+    if cache_file is not None and cache_file.exists():
+        stored = np.load(cache_file)
+        dataset.note_skipped(stored["skipped"])
+        return torch.from_numpy(stored["images"]), stored["kept"]
+    tensor, kept = decode()
+    skipped = np.setdiff1d(np.arange(len(dataset)), kept)
+    dataset.note_skipped(skipped)
+    if cache_file is not None:
+        _atomic_savez(cache_file, images=tensor.numpy(), kept=kept, skipped=skipped)
+    return tensor, kept
 
 
 def _header_size(path: Path) -> tuple[int, int] | None:
@@ -411,7 +430,15 @@ class ImageSubset(ImageDataset):
     def note_skipped(self, indices: Sequence[int] | np.ndarray) -> None:
         self.dataset.note_skipped(self.indices[np.asarray(indices, dtype=np.int64)])
 
+    def has_decoded(self, size: int | None) -> bool:
+        return self.dataset.has_decoded(size) or decoded_cache_file(self, size).exists()
+
     def to_uint8(self, size: int | None = None) -> tuple[torch.Tensor, np.ndarray]:
+        """The subset's rows of the parent's decoded images when those are cheap (in memory or cached), else only
+        the subset's own images decoded (a 1/W shard under torch.distributed decodes 1/W of the files) and
+        cached under the subset's fingerprint."""
+        if not self.dataset.has_decoded(size):
+            return cached_uint8(self, size, not self.source.in_memory, lambda: ImageDataset.to_uint8(self, size))
         images, rows = self.dataset.to_uint8(size)
         position = {int(r): k for k, r in enumerate(rows)}
         keep = [(i, position[int(idx)]) for i, idx in enumerate(self.indices) if int(idx) in position]

@@ -140,3 +140,23 @@ def test_streaming_evaluation_memory_follows_the_features_not_the_image_bytes(tm
         growth[side] = (after - before) * 1024  # ru_maxrss is in KiB on Linux
     decoded_difference = 600 * 3 * (256**2 - 64**2)  # 110 MB more pixels if the split were held decoded
     assert growth[256] - growth[64] < decoded_difference / 4, (growth, decoded_difference)
+
+
+def test_a_shard_decodes_only_its_own_images(tmp_path: Path, monkeypatch) -> None:
+    """Under DDP the tensor backend decoded the whole parent folder on every rank before taking its 1/W shard."""
+    from auxssl.data.datasets import ImageSubset
+
+    monkeypatch.setenv("AUXSSL_CACHE", str(tmp_path / "cache"))
+    folder = folder_of(tmp_path / "imgs", 100, 8)
+    data = FolderDataset(folder)
+    loaded: list[int] = []
+    original = FolderDataset.load
+    monkeypatch.setattr(FolderDataset, "load", lambda self, i: loaded.append(i) or original(self, i))
+    shard = ImageSubset(data, np.arange(3, 100, 8))
+    images, rows = shard.to_uint8()
+    assert sorted(loaded) == list(range(3, 100, 8)) and images.shape == (13, 3, 8, 8) and rows.tolist() == list(range(13))
+    for k, i in enumerate(range(3, 100, 8)):  # the right image in every row
+        assert torch.equal(images[k], torch.from_numpy(np.asarray(original(data, i))).permute(2, 0, 1))
+    loaded.clear()
+    again, _ = ImageSubset(FolderDataset(folder), np.arange(3, 100, 8)).to_uint8()
+    assert loaded == [] and torch.equal(again, images)  # cached under the shard's fingerprint
