@@ -541,11 +541,10 @@ class Trainer:
         progress = self._progress()
         final: dict[str, float] = {}
         window = WindowMeans()
+        if self.step == 0 and self.evaluation_enabled and self.config.eval.at_start:
+            self._log("eval", self.evaluate())  # the initial weights: epoch 0, before the clock starts
         self.model.train()
         self.clock.start()
-        if self.step == 0 and self.evaluation_enabled and self.config.eval.at_start:
-            self._log("eval", self.evaluate())  # the initial weights: epoch 0
-            self.model.train()
         last_log = self.clock.elapsed
         images_at_log = self.images_seen
         try:
