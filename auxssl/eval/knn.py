@@ -5,9 +5,10 @@ with weight ``exp(sim / T)``. Defaults k = 200, T = 0.1. The similarity matrix i
 fully sorted (a full ``topk`` over every bank entry costs about as much as the similarity GEMM itself):
 `exact_topk` scans the bank in cache-sized blocks and keeps only the entries above a per-query threshold estimated
 on a strided sample of the bank, a provable superset of the top-k whenever it holds at least k entries. Where the
-CPU has native bf16, the scan runs in bf16 (about 4× the fp32 GEMM's speed here) and only the kept entries are
-scored again in fp32, with the scan's rounding error bounded so that the result stays exact. Memory stays
-``O(query_chunk · (bank_chunk + candidates))`` whatever the bank size.
+CPU has native bf16, the scan runs in bf16 (about 4× the fp32 GEMM's speed here) on the bank rows minus their mean
+(same ranking per query, smaller rounding error) and only the kept entries are scored again in fp32, with the
+scan's rounding error bounded so that the result stays exact. Memory stays ``O(query_chunk · (bank_chunk + k))``
+whatever the bank size and the features (ties included).
 """
 
 from __future__ import annotations
@@ -24,6 +25,8 @@ from auxssl.engine.precision import native_bf16
 
 #: The threshold of each query is estimated on every ``SAMPLE_STRIDE``-th bank entry.
 SAMPLE_STRIDE = 16
+#: Similarities closer than this (4 fp32 ulps at 1) count as tied when `exact_topk` checks a query is complete.
+FP32_TIE = 2.0**-22
 
 
 def bf16_similarity_error(dim: int) -> float:
@@ -41,19 +44,33 @@ def bf16_similarity_error(dim: int) -> float:
 
 class _Candidates:
     """Candidate ``(column, similarity)`` pairs of each query, kept in a padded ``(queries, width)`` layout filled
-    block by block: a block's pairs arrive row-major, so each lands in its row's next free slots (no sort)."""
+    block by block: a block's pairs arrive row-major, so each lands in its row's next free slots (no sort).
 
-    def __init__(self, rows: int, width: int, dtype: torch.dtype, device: torch.device) -> None:
+    Memory is bounded whatever the features: when a row would outgrow ``cap`` slots (features that tie, as a
+    collapsed representation's do, keep every bank entry above the threshold), every row is first cut down to
+    its ``k`` best pairs — which keeps the result exact, since later pairs only compete with those."""
+
+    def __init__(self, rows: int, width: int, dtype: torch.dtype, device: torch.device, k: int, cap: int) -> None:
         self.values = torch.full((rows, width), float("-inf"), dtype=dtype, device=device)
         self.cols = torch.zeros((rows, width), dtype=torch.long, device=device)
         self.counts = torch.zeros(rows, dtype=torch.long, device=device)
+        self.k, self.cap = k, max(cap, width)
+
+    def _compact(self) -> None:
+        top, pos = self.values.topk(self.k, dim=1)
+        self.values[:, : self.k], self.cols[:, : self.k] = top, self.cols.gather(1, pos)
+        self.values[:, self.k :] = float("-inf")
+        self.counts = self.counts.clamp(max=self.k)
 
     def add(self, crow: Tensor, row_ids: Tensor, cols: Tensor, values: Tensor) -> None:
         """Append one block's pairs; ``crow``: CSR row pointers of ``row_ids`` (sorted)."""
-        fill = self.counts + (crow[1:] - crow[:-1])
+        added = crow[1:] - crow[:-1]
+        if int((self.counts + added).max()) > self.cap:
+            self._compact()
+        fill = self.counts + added
         width = self.values.shape[1]
         if int(fill.max()) > width:
-            grown = max(2 * width, int(fill.max()))
+            grown = max(int(fill.max()), min(2 * width, self.cap))  # at most cap + one block's pairs
             self.values = F.pad(self.values, (0, grown - width), value=float("-inf"))
             self.cols = F.pad(self.cols, (0, grown - width))
             width = grown
@@ -82,19 +99,23 @@ def _at_least(sim: Tensor, threshold: Tensor, out: Tensor) -> Tensor:
 
 
 def exact_topk(queries: Tensor, bank: Tensor, k: int, block: int = 4096, stride: int = SAMPLE_STRIDE,
-               sample: Tensor | None = None, scan_bank: Tensor | None = None) -> tuple[Tensor, Tensor]:
+               sample: Tensor | None = None, scan_bank: Tensor | None = None, centre: Tensor | None = None,
+               scan_norm: float = 1.0) -> tuple[Tensor, Tensor]:
     """The ``k`` most similar bank rows of every query (dot products of unit vectors): the same values as
     ``(queries @ bank.T).topk(k)`` (up to fp32 rounding), columns equal up to ties, without materialising or
     fully sorting the matrix.
 
     Per query, a threshold ``t`` is the ``⌈2k / stride⌉``-th largest similarity to a strided sample of the bank
     (expected ~2k bank rows at or above it). The bank is then scanned in blocks of ``block`` rows, small enough for
-    the CPU cache, keeping the entries ``≥ t``. The scan runs in the dtype of ``scan_bank`` (default: ``bank``
-    itself, fp32); a bf16 ``scan_bank`` makes the scan approximate within ``e = bf16_similarity_error``, so the
-    threshold is lowered to ``t' = t − e`` (rounded to bf16) and the kept entries are scored again in fp32. Every
-    entry left out has ``sim < t' + e`` (``< t`` for an fp32 scan, ``e = 0``), so when a query's k-th best kept
-    score reaches that bound, the top-k of its kept entries is its exact top-k; the other queries (rare) are
-    recomputed in full.
+    the CPU cache, keeping the entries ``≥ t``. The scan runs on ``scan_bank`` (default: ``bank`` itself, fp32).
+    A bf16 ``scan_bank`` may hold the bank rows minus a common vector ``centre`` (rows of norm ≤ ``scan_norm``):
+    ``q·(b − c) = q·b − q·c`` ranks the bank exactly as ``q·b`` does for each query, and bf16's absolute error,
+    ``e = bf16_similarity_error · scan_norm``, shrinks with the rows — on concentrated features (a random network's:
+    cosines 0.986 ± 0.005) a bound for unit rows (~2⁻⁷) would exceed their whole spread and keep nearly every
+    pair. The threshold is lowered to ``t' = t − e`` (in bf16) and the kept entries are scored again in fp32
+    against ``bank``. Every entry left out has ``q·b < t' + e + q·c``, so when a query's k-th best kept score
+    reaches that bound, the top-k of its kept entries is its exact top-k; the other queries (rare) are recomputed
+    in full.
     ``sample``: ``scan_bank[::stride]`` made contiguous, when the caller reuses it across query chunks.
     """
     n = len(bank)
@@ -103,17 +124,25 @@ def exact_topk(queries: Tensor, bank: Tensor, k: int, block: int = 4096, stride:
         return (queries @ bank.T).topk(k, dim=1)
     scan_bank = bank if scan_bank is None else scan_bank
     approximate = scan_bank.dtype != bank.dtype
-    error = bf16_similarity_error(bank.shape[1]) if approximate else 0.0
+    # (the fp32 rounding of the centred rows and of q·c is of the order of fp32 rounding, which the result is
+    # exact up to anyway)
+    error = bf16_similarity_error(bank.shape[1]) * scan_norm if approximate else 0.0
     scan_queries = queries.to(scan_bank.dtype)
     sample = scan_bank[::stride].contiguous() if sample is None else sample
-    threshold = (scan_queries @ sample.T).topk(sample_rank, dim=1).values[:, -1:]
+    sample_sims = scan_queries @ sample.T
+    threshold = sample_sims.topk(sample_rank, dim=1).values[:, -1:]
     if approximate:
         threshold = (threshold.float() - error).to(scan_bank.dtype)
+        if float((sample_sims >= threshold).float().mean()) > 8 * sample_rank / len(sample):
+            # similarities closer together than bf16's error: a bf16 scan would keep nearly every pair, so these
+            # queries are scanned exactly in fp32 instead
+            return exact_topk(queries, bank, k, block, stride)
+    offset = (queries @ centre)[:, None] if centre is not None else None
     rows, block = len(queries), min(block, n)
     buffer = torch.empty(rows * block, dtype=scan_bank.dtype, device=queries.device)  # reused by every block
     mask = torch.empty(rows * block, dtype=torch.bool, device=queries.device)
     zeros = torch.zeros(0, dtype=queries.dtype, device=queries.device)
-    candidates = _Candidates(rows, 4 * k, queries.dtype, queries.device)
+    candidates = _Candidates(rows, 4 * k, queries.dtype, queries.device, k, cap=16 * k)
     for start in range(0, n, block):
         part = scan_bank[start : start + block]
         shape = (rows, len(part))
@@ -131,7 +160,10 @@ def exact_topk(queries: Tensor, bank: Tensor, k: int, block: int = 4096, stride:
             values = sim[row_ids, cols]
         candidates.add(crow, row_ids, cols + start, values)
     top, top_cols = candidates.topk(k)
-    complete = (candidates.counts >= k) & (top[:, -1] >= threshold[:, 0].float() + error)
+    bound = threshold.float() + error + (offset if offset is not None else 0.0)
+    # a left-out entry may beat the k-th kept one by fp32 rounding alone (ties of a collapsed representation):
+    # accepted, as the docstring's "up to fp32 rounding" says, rather than recomputing such rows in full
+    complete = (candidates.counts >= k) & (top[:, -1] >= bound[:, 0] - FP32_TIE)
     if not bool(complete.all()):
         top[~complete], top_cols[~complete] = (queries[~complete] @ bank.T).topk(k, dim=1)
     return top, top_cols
@@ -168,11 +200,20 @@ def knn_scores(
     queries = F.normalize(queries.float(), dim=1)
     bank_labels = bank_labels.to(bank.device).long()
     scores = []
-    scan_bank = bank.to(scan_dtype(bank.device) if scan is None else scan)
+    scan = scan_dtype(bank.device) if scan is None else scan
+    centre, scan_norm = None, 1.0
+    if scan != bank.dtype:  # a reduced-precision scan runs on the rows minus their mean (see `exact_topk`)
+        centre = bank.mean(dim=0)
+        centred = bank - centre
+        scan_norm = float(centred.norm(dim=1).max())
+        scan_bank = centred.to(scan)
+        del centred
+    else:
+        scan_bank = bank
     sample = scan_bank[::SAMPLE_STRIDE].contiguous()
     for q_start in range(0, len(queries), query_chunk):
         top_sim, top_idx = exact_topk(queries[q_start : q_start + query_chunk], bank, k, block=bank_chunk,
-                                      sample=sample, scan_bank=scan_bank)
+                                      sample=sample, scan_bank=scan_bank, centre=centre, scan_norm=scan_norm)
         votes = torch.zeros(len(top_sim), num_classes, device=bank.device)
         votes.scatter_add_(1, bank_labels[top_idx], torch.exp(top_sim / temperature))
         scores.append(votes)
