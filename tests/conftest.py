@@ -1,10 +1,28 @@
-"""Shared fixtures: a tiny CNN backbone and a fixed two-view batch, small enough for fast CPU tests."""
+"""Shared fixtures: a tiny CNN backbone and a fixed two-view batch, small enough for fast CPU tests.
+
+The default suite is the CPU suite on every machine: GPUs are hidden from it (and from the processes it starts),
+so that ``device: auto`` lands on the CPU as in CI. The CUDA tests (``@pytest.mark.cuda``) run on their own:
+``AUXSSL_TEST_CUDA=1 python -m pytest -m cuda`` (what ``benchmarks/gpu_check.sh`` does).
+"""
 
 from __future__ import annotations
+
+import os
+
+if os.environ.get("AUXSSL_TEST_CUDA") != "1":
+    os.environ["CUDA_VISIBLE_DEVICES"] = ""  # before torch first looks for a GPU
 
 import pytest
 import torch
 from torch import nn
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    cuda = os.environ.get("AUXSSL_TEST_CUDA") == "1" and torch.cuda.is_available()
+    skip = pytest.mark.skip(reason="CUDA tests: AUXSSL_TEST_CUDA=1 python -m pytest -m cuda on a GPU machine")
+    for item in items:
+        if "cuda" in item.keywords and not cuda:
+            item.add_marker(skip)
 
 
 class TinyBackbone(nn.Module):
