@@ -54,7 +54,7 @@ class _EvalImages(Dataset):
             image = self.dataset.load(row)
         except CorruptImageError:
             return row
-        x = torch.from_numpy(np.asarray(image, dtype=np.uint8)).permute(2, 0, 1).float().div_(255.0)
+        x = torch.from_numpy(np.array(image, dtype=np.uint8)).permute(2, 0, 1).float().div_(255.0)
         return _resize(x[None], self.size)[0], row
 
 
