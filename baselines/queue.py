@@ -24,6 +24,7 @@ class FeatureQueue(nn.Module):
         self.register_buffer("index", torch.full((size,), -1, dtype=torch.long))
         self.register_buffer("ptr", torch.zeros((), dtype=torch.long))
         self.register_buffer("num_written", torch.zeros((), dtype=torch.long))
+        self._written: int | None = 0  # num_written on the host (None: read it once, after loading a state)
 
     @property
     def size(self) -> int:
@@ -31,8 +32,15 @@ class FeatureQueue(nn.Module):
 
     @property
     def full(self) -> bool:
-        """Whether every row holds a real embedding (written at least once)."""
-        return int(self.num_written) >= self.size
+        """Whether every row holds a real embedding (written at least once); known on the host, so asking costs
+        no device sync (after a loaded state, once)."""
+        if self._written is None:
+            self._written = int(self.num_written)
+        return self._written >= self.size
+
+    def _load_from_state_dict(self, *args, **kwargs) -> None:  # noqa: ANN002, ANN003
+        super()._load_from_state_dict(*args, **kwargs)
+        self._written = None
 
     @torch.no_grad()
     def push(self, x: Tensor, index: Tensor | None = None) -> None:
@@ -44,3 +52,5 @@ class FeatureQueue(nn.Module):
         self.index[rows] = -1 if index is None else index.to(self.index.device)
         self.ptr.copy_((self.ptr + n) % self.size)
         self.num_written.add_(n)
+        if self._written is not None:
+            self._written += n

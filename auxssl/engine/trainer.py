@@ -77,6 +77,9 @@ PREEMPTED = "preempted"
 #: The file of a run directory listing the unreadable images its datasets left out, one path a line.
 SKIPPED_IMAGES = "skipped_images.txt"
 
+#: Under torch.distributed, pre-emption requests are agreed every this many steps (each agreement syncs the host).
+PREEMPTION_CHECK_EVERY = 10
+
 #: The key under which a step reports how many labelled samples its online-probe metrics are averaged over.
 PROBE_LABELLED = "online_linear/labelled"
 
@@ -489,10 +492,9 @@ class Trainer:
         if self.online_probe is not None and self.tap is not None:
             features = self.tap.take()
             if features is not None and batch.label is not None:
-                probe = self.online_probe.update(features[: batch.size], batch.label)
-                out.update({k: torch.tensor(v) for k, v in probe.items()})  # incl. PROBE_LABELLED
+                out.update(self.online_probe.update(features[: batch.size], batch.label))  # incl. PROBE_LABELLED
         out.update(noise)
-        out["lr"] = torch.tensor(lr)
+        out["lr"] = lr
         return out
 
     def evaluate(self, final: bool = False) -> dict[str, float]:
@@ -559,9 +561,9 @@ class Trainer:
                         self.step += 1
                         self.batch_in_epoch += 1
                         self.images_seen += batch.size * self.dist.world_size
-                        labelled = float(out.pop(PROBE_LABELLED, 0))
-                        for key, value in out.items():
-                            window.add(key, float(value.detach()), labelled if key.startswith("online_linear/") else 1.0)
+                        labelled = out.pop(PROBE_LABELLED, 0)  # a host-side count
+                        for key, value in out.items():  # accumulated on the device: read back at log steps only
+                            window.add(key, value, labelled if key.startswith("online_linear/") else 1.0)
                         if progress is not None:
                             progress.update(1)
                         if self.step % cfg.log_every_steps == 0 or self.batch_in_epoch == self.steps_per_epoch:
@@ -576,7 +578,8 @@ class Trainer:
                             last_log, images_at_log = now, self.images_seen
                         if cfg.checkpoint_every_steps and self.step % cfg.checkpoint_every_steps == 0:
                             self.save_checkpoint()
-                        if guard.requested():
+                        # under torch.distributed, agreeing on a stop is a collective (a host sync): every few steps
+                        if (not self.dist.enabled or self.step % PREEMPTION_CHECK_EVERY == 0) and guard.requested():
                             path = self.save_checkpoint()
                             if self.dist.is_main:  # what a job script tests to requeue (torchrun exits 1 itself)
                                 (self.run_dir / PREEMPTED).write_text(f"{guard.signal_name}\n{path}\n")

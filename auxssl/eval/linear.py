@@ -207,7 +207,7 @@ class OnlineLinearProbe(nn.Module):
                 f"{s['lr']} per {self.reference_batch} labelled samples, momentum {s['momentum']}, one step per "
                 "training step; loss and top-1 averaged over labelled samples")
 
-    def update(self, features: Tensor, labels: Tensor) -> dict[str, float]:
+    def update(self, features: Tensor, labels: Tensor) -> dict[str, Tensor | int]:
         """One step on the labelled samples; under torch.distributed on those of every process (gathered), so the
         probe sees the whole labelled stream and stays identical on every rank."""
         keep = labels >= 0
@@ -222,6 +222,7 @@ class OnlineLinearProbe(nn.Module):
         self.optimizer.zero_grad(set_to_none=True)
         (loss_sum / self.reference_batch).backward()
         self.optimizer.step()
-        accuracy = (logits.argmax(dim=1) == labels).float().mean().item()
-        return {"online_linear/loss": loss_sum.item() / n, "online_linear/top1": 100 * accuracy,
+        accuracy = (logits.argmax(dim=1) == labels).float().mean()
+        # tensors, read back only when the trainer logs; the count is known on the host (the labels' length)
+        return {"online_linear/loss": loss_sum.detach() / n, "online_linear/top1": 100 * accuracy,
                 "online_linear/labelled": n}

@@ -19,6 +19,9 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
+import torch
+from torch import Tensor
+
 from auxssl.errors import InputError
 
 RUN_INFO = "run.json"
@@ -137,24 +140,37 @@ def read_metrics(run_dir: str | Path, kind: str | None = None) -> list[dict]:
 
 
 class WindowMeans:
-    """Means of per-step metrics over one logging window.
+    """Means of per-step metrics over one logging window, accumulated where the values are (a GPU's tensors stay
+    on the GPU: adding a step reads nothing back to the host; `means` does, once per window).
 
     Each value may carry a weight: the online probe's metrics are weighted by the number of labelled samples of
-    their step, so they are means over labelled samples and steps without labels do not count.
+    their step, so they are means over labelled samples and steps without labels do not count. Non-finite values
+    (a rate with no pair to count) are left out of their mean.
     """
 
     def __init__(self) -> None:
-        self._sums: dict[str, float] = {}
-        self._weights: dict[str, float] = {}
+        self._sums: dict[str, Tensor | float] = {}
+        self._weights: dict[str, Tensor | float] = {}
 
-    def add(self, name: str, value: float, weight: float = 1.0) -> None:
+    def add(self, name: str, value: Tensor | float, weight: float = 1.0) -> None:
         if weight <= 0:
             return
-        self._sums[name] = self._sums.get(name, 0.0) + weight * value
-        self._weights[name] = self._weights.get(name, 0.0) + weight
+        if isinstance(value, Tensor):
+            value = value.detach().double()
+            valid = torch.isfinite(value)
+            self._sums[name] = self._sums.get(name, 0.0) + torch.where(valid, value, 0.0) * weight
+            self._weights[name] = self._weights.get(name, 0.0) + valid.double() * weight
+        else:
+            self._sums[name] = self._sums.get(name, 0.0) + weight * value
+            self._weights[name] = self._weights.get(name, 0.0) + weight
 
     def means(self) -> dict[str, float]:
-        return {name: total / self._weights[name] for name, total in self._sums.items()}
+        means = {}
+        for name, total in self._sums.items():
+            weight = float(self._weights[name])
+            if weight > 0:
+                means[name] = float(total) / weight
+        return means
 
     def reset(self) -> None:
         self._sums.clear()

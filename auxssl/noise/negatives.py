@@ -32,15 +32,15 @@ def false_negative_rates(
     Pairs of an image with itself (the positive, or a stale copy of the anchor in a queue) and pairs involving an
     image without a true label are not counted. ``noise/fn_rate_raw`` counts every remaining pair;
     ``noise/fn_rate`` weighs each by its ``weight`` in the loss (0 = removed), i.e. the rate among the negatives
-    the loss actually uses. Both are absent when no pair can be counted (an unlabelled dataset).
+    the loss actually uses. Both are NaN when no pair can be counted (left out of the logged means).
     """
     a, c = lookup(true_labels, anchors), lookup(true_labels, candidates)
     counted = (a[:, None] >= 0) & (c[None, :] >= 0) & (anchors[:, None] != candidates[None, :])
-    if not bool(counted.any()):
-        return {}
     same = (a[:, None] == c[None, :]) & counted
     counted_f, same_f = counted.float(), same.float()
+    # NaN when no pair can be counted (left out of the logged means), decided on the device: no host sync
     rates = {"noise/fn_rate_raw": same_f.sum() / counted_f.sum()}
     used = counted_f if weight is None else counted_f * weight.float()
-    rates["noise/fn_rate"] = (same_f * used).sum() / used.sum().clamp_min(1e-12)
+    rates["noise/fn_rate"] = torch.where(counted.any(), (same_f * used).sum() / used.sum().clamp_min(1e-12),
+                                         float("nan"))
     return rates

@@ -266,7 +266,7 @@ def probe_worker(rank: int, init_file: str, out_dir: str) -> None:
     torch.set_num_threads(1)
     torch.manual_seed(0)
     probe = OnlineLinearProbe(4, 3)
-    metrics = [probe.update(x, y) for x, y in probe_batches(rank)]
+    metrics = [{k: float(v) for k, v in probe.update(x, y).items()} for x, y in probe_batches(rank)]
     torch.save((probe.state_dict(), metrics), Path(out_dir) / f"probe{rank}.pt")
     dist.destroy_process_group()
 

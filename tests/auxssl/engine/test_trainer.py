@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import itertools
 import json
 import math
 import os
@@ -15,6 +16,7 @@ import numpy as np
 import pytest
 import torch
 from torch import nn
+from torch.utils._python_dispatch import TorchDispatchMode
 from torchvision import models
 
 from auxssl.cli import main
@@ -185,9 +187,10 @@ def test_torchrun_two_processes_train_end_to_end(tmp_path: Path) -> None:
 
 
 def test_subsets_are_random_samples_covering_every_class(tmp_path: Path) -> None:
+    from PIL import Image
+
     from auxssl.data import FolderDataset
     from auxssl.engine.build import random_subset
-    from PIL import Image
 
     for c in range(4):  # a folder dataset is sorted by class: a prefix would hold one class only
         for i in range(25):
@@ -343,3 +346,50 @@ def test_records_say_what_ran_tf32_and_cudnn_autotuning() -> None:
     finally:
         torch.backends.cudnn.benchmark = before
         torch.use_deterministic_algorithms(False)
+
+
+class ScalarReads(TorchDispatchMode):
+    """Counts ``aten._local_scalar_dense``: what ``.item()``, ``float()`` and ``bool()`` of a tensor run, each a wait
+    for the device on a GPU."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.count = 0
+
+    def __torch_dispatch__(self, func, types, args=(), kwargs=None):  # noqa: ANN001
+        if func is torch.ops.aten._local_scalar_dense.default:
+            self.count += 1
+        return func(*args, **(kwargs or {}))
+
+
+@pytest.mark.parametrize("task", ["rotation", "jigsaw"])
+@pytest.mark.parametrize("method", ["byol", "simclr", "simsiam", "moco_v2", "swav", "barlow_twins", "vicreg"])
+def test_a_training_step_reads_at_most_one_value_back_from_the_device(tmp_path: Path, method: str, task: str) -> None:
+    """Between log steps the host must not wait for the device: one read per step at most (the finite-loss check
+    before backward), with the step's metrics, the probe and noise measurement accumulated on the device. Before,
+    every output's float(), the probe's .item()s, SwAV's queue.full and the noise rates each synchronised."""
+    from auxssl.eval.tracker import WindowMeans
+
+    config = load_config(None, tiny(tmp_path, f"{method}-{task}", f"model.method={method}", "model.method_args={}",
+                                    f"tasks=[{{name: {task}}}]", "data.reveal_labels=0.5", "eval.online_linear=true",
+                                    "train.log_every_steps=1000"))
+    trainer = Trainer(config)
+    batches = iter(list(itertools.islice(trainer.loader, 4)))  # loading is not the step (kornia reads values)
+    window = WindowMeans()
+
+    def step() -> None:
+        out = trainer.train_step(next(batches))
+        labelled = out.pop("online_linear/labelled", 0)
+        for key, value in out.items():
+            window.add(key, value, labelled if key.startswith("online_linear/") else 1.0)
+        trainer.step += 1
+
+    step()  # the first step builds what is built lazily
+    counter = ScalarReads()
+    with counter:
+        for _ in range(3):
+            step()
+    assert counter.count <= 3, counter.count
+    means = window.means()  # read back once, at the log step
+    assert math.isfinite(means["loss"]) and "online_linear/top1" in means
+    assert ("noise/fn_rate_raw" in means) == (method in ("simclr", "moco_v2"))  # methods with negatives
