@@ -19,25 +19,12 @@ import warnings
 
 import torch
 from machine import machine_info  # benchmarks/ is on sys.path when a benchmark script runs
-from torch.utils._python_dispatch import TorchDispatchMode
 
 from auxssl.config import load_config
 from auxssl.data.datasets import find_shared_cifar10_archive
+from auxssl.engine.syncs import ScalarReads
 from auxssl.engine.trainer import Trainer
 from auxssl.eval.tracker import read_metrics
-
-
-class ScalarReads(TorchDispatchMode):
-    """Counts the tensor-to-Python reads (``aten._local_scalar_dense``): each one waits for the device."""
-
-    def __init__(self) -> None:
-        super().__init__()
-        self.count = 0
-
-    def __torch_dispatch__(self, func, types, args=(), kwargs=None):  # noqa: ANN001
-        if func is torch.ops.aten._local_scalar_dense.default:
-            self.count += 1
-        return func(*args, **(kwargs or {}))
 
 
 def run(method_tasks: str, args: argparse.Namespace, out: str) -> dict[str, float]:

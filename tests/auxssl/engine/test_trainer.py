@@ -16,7 +16,6 @@ import numpy as np
 import pytest
 import torch
 from torch import nn
-from torch.utils._python_dispatch import TorchDispatchMode
 from torchvision import models
 
 from auxssl.cli import main
@@ -24,6 +23,7 @@ from auxssl.config import load_config, save_config
 from auxssl.data.datasets import ArrayDataset
 from auxssl.engine.build import RunDatasets
 from auxssl.engine.checkpoint import find_last_checkpoint, load_checkpoint
+from auxssl.engine.syncs import ScalarReads
 from auxssl.engine.trainer import NonFiniteLossError, Trainer, enable_activation_checkpointing, train
 from auxssl.eval.tracker import read_metrics
 from baselines import build_backbone
@@ -346,20 +346,6 @@ def test_records_say_what_ran_tf32_and_cudnn_autotuning() -> None:
     finally:
         torch.backends.cudnn.benchmark = before
         torch.use_deterministic_algorithms(False)
-
-
-class ScalarReads(TorchDispatchMode):
-    """Counts ``aten._local_scalar_dense``: what ``.item()``, ``float()`` and ``bool()`` of a tensor run, each a wait
-    for the device on a GPU."""
-
-    def __init__(self) -> None:
-        super().__init__()
-        self.count = 0
-
-    def __torch_dispatch__(self, func, types, args=(), kwargs=None):  # noqa: ANN001
-        if func is torch.ops.aten._local_scalar_dense.default:
-            self.count += 1
-        return func(*args, **(kwargs or {}))
 
 
 @pytest.mark.parametrize("task", ["rotation", "jigsaw"])
