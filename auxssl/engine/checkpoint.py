@@ -61,6 +61,26 @@ def set_rng_state(state: dict[str, Any], device: torch.device | None = None) -> 
         torch.cuda.set_rng_state(cuda, device)
 
 
+def process_state(model: torch.nn.Module, device: torch.device | None = None) -> dict[str, Any]:
+    """What one process of a multi-process run holds for itself: its random streams (each rank draws its own
+    crops and rotation labels) and the model's buffers (SwAV keeps a queue of *local* embeddings per rank; DDP
+    does not broadcast buffers). Parameters and optimiser state are identical on every rank and saved once."""
+    return {"rng": rng_state(device),
+            "buffers": {name: buffer.detach().cpu().clone() for name, buffer in model.named_buffers()}}
+
+
+def restore_process_state(state: dict[str, Any], model: torch.nn.Module, device: torch.device | None = None) -> None:
+    """Restore `process_state` into this process (the buffers in place, keeping their device and dtype)."""
+    buffers = dict(model.named_buffers())
+    missing = set(buffers) ^ set(state["buffers"])
+    if missing:
+        raise InputError(f"the checkpoint's per-process buffers do not match the model's: {sorted(missing)[:5]}")
+    with torch.no_grad():
+        for name, value in state["buffers"].items():
+            buffers[name].copy_(value)
+    set_rng_state(state["rng"], device)
+
+
 def atomic_save(obj: Any, path: Path) -> None:
     """Write ``obj`` to ``path`` through a temporary file that is removed on every exit path."""
     path.parent.mkdir(parents=True, exist_ok=True)

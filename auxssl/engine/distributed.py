@@ -8,6 +8,7 @@ computation on the global batch.
 from __future__ import annotations
 
 import os
+import warnings
 from dataclasses import dataclass
 
 import torch
@@ -51,6 +52,16 @@ def init_distributed(device_type: str) -> DistributedContext:
     if device_type == "cuda":
         torch.cuda.set_device(local_rank)
     return DistributedContext(dist.get_rank(), dist.get_world_size(), local_rank)
+
+
+def gather_to_main(obj: object, context: DistributedContext) -> list | None:
+    """Every process's ``obj`` (small, picklable), in rank order, on rank 0; None on the other ranks (and
+    ``[obj]`` in a single process). Only rank 0 receives them, so memory elsewhere does not grow with the world."""
+    if not context.enabled:
+        return [obj]
+    received: list | None = [None] * context.world_size if context.is_main else None
+    dist.gather_object(obj, received, dst=0)
+    return received
 
 
 class AllReduceBatchNorm(_BatchNorm):
@@ -97,9 +108,13 @@ def wrap_ddp(model: nn.Module, device: torch.device) -> nn.parallel.DistributedD
     EffSSL code). Nothing else needs the broadcast: batch norms are synchronised (`convert_batchnorm`), so
     their running statistics agree on every rank, and MoCo enqueues the keys gathered from all ranks.
     """
-    return nn.parallel.DistributedDataParallel(
-        model, device_ids=[device.index] if device.type == "cuda" else None, broadcast_buffers=False
-    )
+    with warnings.catch_warnings():
+        # torch 2.14 deprecates broadcast_buffers for forward_sync_buffers, which would still copy rank 0's buffers
+        # at construction; its own warning says to keep broadcast_buffers=False for rank-local buffers
+        warnings.filterwarnings("ignore", message=".*broadcast_buffers.*", category=FutureWarning)
+        return nn.parallel.DistributedDataParallel(
+            model, device_ids=[device.index] if device.type == "cuda" else None, broadcast_buffers=False
+        )
 
 
 class AllReduceBatchNormAct(AllReduceBatchNorm):

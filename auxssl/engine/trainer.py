@@ -23,6 +23,7 @@ from torch.nn.modules.batchnorm import _BatchNorm
 from torch.utils.checkpoint import checkpoint
 
 from auxssl.config import NoiseConfig, RunConfig, TaskConfig, from_dict, load_config, save_config, to_dict
+from auxssl.data.loaders.base import derive_seed
 from auxssl.engine.build import (
     SUBSET_SEED,
     RunDatasets,
@@ -38,12 +39,20 @@ from auxssl.engine.checkpoint import (
     checkpoint_path,
     find_last_checkpoint,
     load_checkpoint,
+    process_state,
     prune_checkpoints,
     remove_partial_writes,
+    restore_process_state,
     rng_state,
     set_rng_state,
 )
-from auxssl.engine.distributed import DistributedContext, convert_batchnorm, init_distributed, wrap_ddp
+from auxssl.engine.distributed import (
+    DistributedContext,
+    convert_batchnorm,
+    gather_to_main,
+    init_distributed,
+    wrap_ddp,
+)
 from auxssl.engine.loggers import build_sinks
 from auxssl.engine.machine import machine_info
 from auxssl.engine.optim import build_optimizer
@@ -393,17 +402,25 @@ class Trainer:
         }
 
     def save_checkpoint(self) -> Path | None:
-        """Write the full state atomically; weights that are no longer finite are never checkpointed."""
-        if not self.dist.is_main:
-            return None
-        if not all(bool(torch.isfinite(p).all()) for p in self.model.parameters()):
+        """Write the full state atomically; weights that are no longer finite are never checkpointed.
+
+        Every process calls it at the same step (it gathers each rank's `process_state` to rank 0, which writes
+        one file); the weights are identical on every rank, so every rank reaches the same verdict on them."""
+        finite = torch.stack([torch.isfinite(p).all() for p in self.model.parameters()]).all()
+        if not bool(finite):
             raise NonFiniteLossError(
                 f"weights became non-finite at epoch {self.epoch}, step {self.step}; not checkpointed. "
                 f"Last good checkpoint: {find_last_checkpoint(self.run_dir) or 'none yet'}. Lower optim.lr."
             )
-        path = checkpoint_path(self.run_dir, self.step)
         with self.clock.paused():  # checkpointing is not training time (nor is evaluation)
-            atomic_save(self.state(), path)
+            processes = gather_to_main(process_state(self.model, self.device), self.dist) if self.dist.enabled else None
+            if not self.dist.is_main:
+                return None
+            path = checkpoint_path(self.run_dir, self.step)
+            state = self.state()
+            if processes is not None:
+                state["processes"] = processes
+            atomic_save(state, path)
             prune_checkpoints(self.run_dir)
         return path
 
@@ -435,9 +452,26 @@ class Trainer:
         self.images_seen = state["images_seen"]
         self.clock = TrainClock(state["train_time_s"], state.get("train_cpu_s", 0.0))
         set_rng_state(state["rng"], self.device)
+        if self.dist.enabled:
+            self._restore_own_process_state(state.get("processes"), path)
         if self.log is not None:
             self.log.truncate_after(self.step)
         logger.info("resumed %s at epoch %d, step %d", path, self.epoch, self.step)
+
+    def _restore_own_process_state(self, processes: list[dict[str, Any]] | None, path: Path) -> None:
+        """Each rank takes back its own random streams and buffers (not rank 0's, which the model state holds).
+        A checkpoint from another number of processes (or from before per-process states were saved) cannot
+        give every rank its own: the ranks then draw fresh streams, seeded by rank and step, and say so."""
+        if processes is not None and len(processes) == self.dist.world_size:
+            restore_process_state(processes[self.dist.rank], self.model, self.device)
+            return
+        written = "an older auxssl" if processes is None else f"{len(processes)} processes"
+        if self.dist.is_main:
+            logger.warning("%s was written by %s, not %d: each process restarts its random streams (and keeps rank "
+                           "0's buffers, such as SwAV's queue); the run continues but is not the uninterrupted one",
+                           path, written, self.dist.world_size)
+        seed_everything(derive_seed(process_seed(self.config.train.seed, self.dist.rank, self.dist.world_size),
+                                    self.step) % 2**31, False)
 
     def _initialise_backbone(self, path: Path) -> None:
         """Backbone weights from ``path`` (an exported state_dict or a training checkpoint), copied into every

@@ -96,25 +96,29 @@ class _MultiViewDataset(Dataset):
                 if len(failed) == len(self.dataset):
                     raise InputError(f"no image of {self.dataset.name} can be decoded") from None
                 row = (row + 1) % len(self.dataset)
-        torch.manual_seed(seed)  # per-sample augmentation independent of worker count and resumption
-        height, width = v2.functional.get_size(image)
-        views, crops = [], []
-        for v, (crop, rest) in enumerate(zip(self.crops, self.rests)):
-            if crop is None:
-                views.append(rest(image))
-                continue
-            params = crop.make_params([image])
-            box = torch.tensor([[params["left"], params["top"], params["width"], params["height"]]])
-            if v == 1 and self.good_crops is not None and crops:
-                box = self._force_good(box, crops[0], height, width, seed)
-                params = dict(left=int(box[0, 0]), top=int(box[0, 1]), width=int(box[0, 2]), height=int(box[0, 3]))
-            crops.append(box)
-            views.append(rest(crop.transform(image, params)))
-        boxes = None
-        if len(crops) == len(views):
-            size = torch.tensor([width, height], dtype=torch.float64)
-            boxes = torch.cat([crop_to_box(c, size) for c in crops])
-        return (views, row, boxes), failed
+        # per-sample augmentation independent of worker count and resumption, drawn from a seeded CPU generator
+        # whose state is restored afterwards: with num_workers=0 this runs in the training process, whose own
+        # random streams (rotation labels, CUDA's included) must not be reseeded by the loader
+        with torch.random.fork_rng(devices=[]):
+            torch.default_generator.manual_seed(seed)
+            height, width = v2.functional.get_size(image)
+            views, crops = [], []
+            for v, (crop, rest) in enumerate(zip(self.crops, self.rests)):
+                if crop is None:
+                    views.append(rest(image))
+                    continue
+                params = crop.make_params([image])
+                box = torch.tensor([[params["left"], params["top"], params["width"], params["height"]]])
+                if v == 1 and self.good_crops is not None and crops:
+                    box = self._force_good(box, crops[0], height, width, seed)
+                    params = dict(left=int(box[0, 0]), top=int(box[0, 1]), width=int(box[0, 2]), height=int(box[0, 3]))
+                crops.append(box)
+                views.append(rest(crop.transform(image, params)))
+            boxes = None
+            if len(crops) == len(views):
+                size = torch.tensor([width, height], dtype=torch.float64)
+                boxes = torch.cat([crop_to_box(c, size) for c in crops])
+            return (views, row, boxes), failed
 
     def _force_good(self, box: Tensor, reference: Tensor, height: int, width: int, seed: int) -> Tensor:
         spec, good = self.recipe.views[1], self.good_crops

@@ -104,6 +104,19 @@ def test_fixed_seed_gives_identical_batches(backend: str) -> None:
     assert not torch.equal(a.index, c.index)
 
 
+@pytest.mark.parametrize("backend", ["tensor", "torchvision"])
+def test_loading_in_the_training_process_leaves_its_random_stream_alone(backend: str) -> None:
+    """With ``num_workers=0`` the loader runs in the training process: its seeded per-sample draws must not
+    reseed the process's own stream (rotation labels are drawn from it), which made a resumed run's ranks look
+    right only by accident (the stream was reset by the last sample's seed)."""
+    loader = build_loader(backend, digits("test"), get_recipe("simclr"), 32, seed=0, num_workers=0)
+    torch.manual_seed(123)
+    expected = torch.rand(4)
+    torch.manual_seed(123)
+    next(iter(loader))
+    assert torch.equal(torch.rand(4), expected)
+
+
 def test_epochs_differ_and_cover_the_dataset() -> None:
     dataset = digits("test")
     loader = build_loader("tensor", dataset, get_recipe("simclr"), 40)

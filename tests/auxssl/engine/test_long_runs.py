@@ -328,3 +328,87 @@ def test_srun_without_torchrun_is_refused(tmp_path: Path, capsys, monkeypatch) -
     assert main(["train", str(tmp_path / "srun.yaml")]) == 2
     assert "4 SLURM tasks but no torchrun" in capsys.readouterr().err
     assert not (tmp_path / "srun").exists()
+
+
+def process_tree(pid: int) -> list[int]:
+    """``pid`` and all its descendants (from /proc; torchrun starts its workers in sessions of their own, so
+    killing torchrun's process group leaves them running)."""
+    children: dict[int, list[int]] = {}
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            fields = stat.read_text().rsplit(")", 1)[1].split()
+        except OSError:
+            continue
+        children.setdefault(int(fields[1]), []).append(int(stat.parent.name))
+    tree, todo = [], [pid]
+    while todo:
+        tree.append(todo.pop())
+        todo.extend(children.get(tree[-1], []))
+    return tree
+
+
+def flat_tensors(obj: object, prefix: str = "") -> dict[str, torch.Tensor | object]:
+    """Every leaf of a nested checkpoint entry by its path (tensors and plain values)."""
+    if isinstance(obj, dict):
+        return {k: v for key, value in obj.items() for k, v in flat_tensors(value, f"{prefix}/{key}").items()}
+    if isinstance(obj, (list, tuple)):
+        return {k: v for i, value in enumerate(obj) for k, v in flat_tensors(value, f"{prefix}/{i}").items()}
+    return {prefix: obj}
+
+
+def same(a: object, b: object) -> bool:
+    return torch.equal(a, b) if isinstance(a, torch.Tensor) else a == b
+
+
+@pytest.mark.parametrize("case", ["byol_rotation", "swav_queue"])
+def test_two_process_run_killed_mid_epoch_resumes_bit_identically(tmp_path: Path, case: str) -> None:
+    """Two gloo processes (torchrun), one run killed with SIGKILL after a mid-epoch checkpoint and resumed, the
+    other uninterrupted: the same final weights and, rank by rank, the same random streams and buffers (SwAV's
+    queue holds each rank's own embeddings). Before, every rank resumed with rank 0's RNG and queue."""
+    method = (["model.method=swav", "tasks=[]", "model.method_args={proj_hidden_dim: 32, proj_dim: 16, "
+               "num_prototypes: 10, queue_length: 32, epoch_queue_starts: 1}"] if case == "swav_queue" else [])
+    for name in ("reference", "killed"):  # 32 images and 4 steps of 8 per rank and epoch; 16 steps
+        save_config(load_config(None, tiny(tmp_path, name, "train.epochs=4", "train.checkpoint_every_steps=2",
+                                           "data.backend=tensor",
+                                           "eval.every_epochs=0", "eval.at_start=false", *method)),
+                    tmp_path / f"{name}.yaml")
+    launch = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2", "-m", "auxssl",
+              "train"]
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    reference = subprocess.Popen([*launch, str(tmp_path / "reference.yaml")], stdout=subprocess.DEVNULL,
+                                 stderr=subprocess.PIPE, env=env)
+    with (tmp_path / "killed.err").open("wb") as err:
+        killed = subprocess.Popen([*launch, str(tmp_path / "killed.yaml")], stdout=subprocess.DEVNULL, stderr=err,
+                                  env=env)
+        deadline = time.time() + 300
+        while not (tmp_path / "killed" / "metrics.jsonl").exists() or len(read_metrics(tmp_path / "killed", "train")) < 7:
+            assert killed.poll() is None and time.time() < deadline, (tmp_path / "killed.err").read_text()[-3000:]
+            time.sleep(0.01)
+        tree = process_tree(killed.pid)
+        assert len(tree) >= 3, tree  # torchrun and its two workers
+        for pid in reversed(tree):  # the workers first: nothing gets to write after this
+            os.kill(pid, signal.SIGKILL)
+        killed.wait(timeout=60)
+    time.sleep(1)
+    assert all(not Path(f"/proc/{pid}").exists() or "Z" in Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1][:3]
+               for pid in tree)
+    state = load_checkpoint(find_last_checkpoint(tmp_path / "killed"))
+    assert state["step"] < 16 and state["batch_in_epoch"] > 0, "the run was not killed mid-epoch"
+    assert len(read_metrics(tmp_path / "killed", "train")) < 16
+    resumed = subprocess.run([*launch, str(tmp_path / "killed.yaml"), "--resume"], capture_output=True, text=True,
+                             timeout=600, env=env)
+    assert resumed.returncode == 0, resumed.stderr[-3000:]
+    assert reference.wait(timeout=600) == 0, reference.stderr.read().decode()[-3000:]
+    want = load_checkpoint(find_last_checkpoint(tmp_path / "reference"))
+    got = load_checkpoint(find_last_checkpoint(tmp_path / "killed"))
+    assert got["step"] == want["step"] == 16
+    assert all(torch.equal(got["model"][k], v) for k, v in want["model"].items())
+    expected, actual = flat_tensors(want["processes"]), flat_tensors(got["processes"])
+    assert expected.keys() == actual.keys() and all(same(actual[k], v) for k, v in expected.items())
+    ranks = [flat_tensors(p) for p in want["processes"]]  # and they are per-rank, not copies of one
+    assert not torch.equal(ranks[0]["/rng/torch"], ranks[1]["/rng/torch"])
+    if case == "swav_queue":
+        queue = "/buffers/queues.0.items"
+        assert ranks[0][queue].abs().sum() > 0 and not torch.equal(ranks[0][queue], ranks[1][queue])
+    losses = [[r["loss"] for r in read_metrics(tmp_path / run, "train")] for run in ("reference", "killed")]
+    assert losses[0] == losses[1]
