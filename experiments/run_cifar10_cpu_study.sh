@@ -11,6 +11,10 @@
 #   rotation_only       rotation prediction alone (no base loss; lambda 1)
 #   simclr              SimCLR
 #   simclr_rotation     SimCLR + rotation prediction
+#   simsiam             SimSiam
+#   simsiam_rotation    SimSiam + rotation prediction
+#   swav                SwAV (queue of 3840 from epoch 4, prototypes frozen for the first epoch; see SWAV_ARGS)
+#   swav_rotation       SwAV + rotation prediction (the same SwAV settings)
 #   ARM@E               ARM trained with its own E-epoch cosine schedule (warm-up E/24 epochs, the same fraction as
 #                       the 24-epoch runs), e.g. byol@8 byol_rotation@12 byol@40; runs are named ARM-eE-sSEED
 # Knobs: ARMS; SEEDS (default "0 1 2" for the BYOL pair, "0 1" for the other arms); PARALLEL (runs at a time,
@@ -31,6 +35,10 @@ RESULTS=${RESULTS:-experiments/results/cifar10-cpu}
 PARALLEL=${PARALLEL:-2}
 THREADS=${THREADS:-$(( $(nproc) / PARALLEL > 0 ? $(nproc) / PARALLEL : 1 ))}
 mkdir -p "$OUT"
+# SwAV at the study budget: the CIFAR recipe's queue (3840 embeddings, solo-learn) would start at epoch 50, which a
+# 24-epoch run never reaches; started at epoch 4 it holds 30 batches of 128 for the last 20 of 24 epochs. The
+# prototypes stay frozen for the first epoch (solo-learn: 2 of 1000 epochs; official SwAV: 313 iterations).
+SWAV_ARGS="{queue_length: 3840, epoch_queue_starts: 4, freeze_prototypes_epochs: 1}"
 
 arm_sets() {  # one override per line
   case "$1" in
@@ -40,6 +48,10 @@ arm_sets() {  # one override per line
     rotation_only) printf '%s\n' "model.method=none" "tasks=[{name: rotation, weight: 1.0}]" ;;
     simclr) printf '%s\n' "model.method=simclr" "tasks=[]" ;;
     simclr_rotation) printf '%s\n' "model.method=simclr" "tasks=[{name: rotation}]" ;;
+    simsiam) printf '%s\n' "model.method=simsiam" "tasks=[]" ;;
+    simsiam_rotation) printf '%s\n' "model.method=simsiam" "tasks=[{name: rotation}]" ;;
+    swav) printf '%s\n' "model.method=swav" "model.method_args=${SWAV_ARGS}" "tasks=[]" ;;
+    swav_rotation) printf '%s\n' "model.method=swav" "model.method_args=${SWAV_ARGS}" "tasks=[{name: rotation}]" ;;
     *) echo "unknown arm $1" >&2; exit 2 ;;
   esac
 }
