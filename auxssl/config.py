@@ -99,6 +99,7 @@ class EvalConfig:
     knn_temperature: float = 0.1
     linear: bool = False  # offline linear probe at the final evaluation
     online_linear: bool = False  # online linear probe on detached features (needs revealed labels)
+    wait_timeout_s: float = 3600.0  # under torch.distributed: the longest a rank waits for rank 0's probes
 
 
 @dataclass
@@ -345,7 +346,8 @@ def validate(config: RunConfig) -> None:
     for key, (value, least) in minimum.items():
         if value < least:
             raise ConfigError(f"{key}={value} must be at least {least}" + (" (0 means never)" if key in never else ""))
-    positive = {"optim.lr": optim.lr, "eval.knn_temperature": evaluation.knn_temperature}
+    positive = {"optim.lr": optim.lr, "eval.knn_temperature": evaluation.knn_temperature,
+                "eval.wait_timeout_s": evaluation.wait_timeout_s}
     if data.memory_budget_gb is not None:
         positive["data.memory_budget_gb"] = data.memory_budget_gb
     for key, value in positive.items():

@@ -64,6 +64,7 @@ from auxssl.errors import InputError, UserError
 from auxssl.eval.knn import KNNProtocol
 from auxssl.eval.linear import OnlineLinearProbe, ProbeConfig
 from auxssl.eval.offline import evaluate_backbone
+from auxssl.eval.sharded import EvalGroup
 from auxssl.eval.tracker import (
     RUN_INFO,
     MetricsLog,
@@ -285,6 +286,8 @@ class Trainer:
 
         self.knn_protocol = KNNProtocol(config.eval.knn_k, config.eval.knn_temperature)
         self._eval_images: tuple | None = None
+        #: Under torch.distributed each rank evaluates its shards (`auxssl.eval.sharded`).
+        self.eval_group = EvalGroup.create(config.eval.wait_timeout_s) if self.dist.enabled else None
         self.evaluation_enabled = config.eval.every_epochs > 0
         #: Why this run has no evaluation (None when it has one); in run.json and the report.
         self.no_evaluation: str | None = None if self.evaluation_enabled else "eval.every_epochs is 0"
@@ -538,14 +541,17 @@ class Trainer:
             return evaluate_backbone(self.model.backbone, self.bank_set, self.test_set, knn=self.knn_protocol,
                                      linear=linear, device=self.device, image_size=self.eval_image_size,
                                      decoded=self._decoded_eval_images(), precision=self.eval_precision,
-                                     shard=(self.dist.rank, self.dist.world_size),
+                                     group=self.eval_group,
                                      num_workers=self.config.data.num_workers)
 
     def _decoded_eval_images(self) -> tuple | None:
         """The evaluation images decoded once per run when they fit `memory_budget` (much faster than decoding at
-        every evaluation); None to stream them (memory bounded by a batch)."""
+        every evaluation); None to stream them (memory bounded by a batch). Under torch.distributed each rank
+        decodes and holds only its shards."""
         if self._eval_images is None:
             sets = (self.bank_set, self.test_set)
+            if self.eval_group is not None:
+                sets = tuple(self.eval_group.shard(d) for d in sets)
             if sum(d.decoded_bytes(self.eval_image_size) for d in sets) > memory_budget(self.config, self.device):
                 return None
             self._eval_images = tuple(d.to_uint8(d.storage_size(self.eval_image_size)) for d in sets)

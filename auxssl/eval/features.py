@@ -2,7 +2,7 @@
 
 Images held in memory are read directly; any other dataset (a folder) is *streamed*: worker processes decode and
 resize one batch at a time, so memory is bounded by the batch and the features, not by the dataset. Under
-torch.distributed each process extracts its own share (``shard``) and the features are gathered.
+torch.distributed each process extracts the features of its own shard (`auxssl.eval.sharded`).
 """
 
 from __future__ import annotations
@@ -85,7 +85,6 @@ def _batches(dataset: ImageDataset, rows: np.ndarray, batch_size: int, image_siz
             yield images, batch_rows.numpy()
 
 
-@torch.no_grad()
 def extract_features(
     backbone: nn.Module,
     dataset: ImageDataset,
@@ -97,25 +96,40 @@ def extract_features(
     rows: np.ndarray | None = None,
     precision: str = "auto",
     num_workers: int = 2,
-    shard: tuple[int, int] = (0, 1),
 ) -> tuple[Tensor, Tensor]:
     """Pooled features ``(N, D)`` (float32, CPU) and labels ``(N,)`` of every decodable image of ``dataset``.
 
     The backbone runs in eval mode (its mode is restored afterwards) on channels-last input, under autocast at
     ``precision`` (``auto``: bf16 where native, as in training, else fp32; ``fp32``; ``bf16``). Images in memory
     (`ImageDataset.in_memory`, or ``images``/``rows`` from `ImageDataset.to_uint8`) are read directly; others are
-    streamed by ``num_workers`` processes. ``shard=(rank, world_size)``: this process extracts every
-    ``world_size``-th image and the features of all processes are gathered (a collective call).
+    streamed by ``num_workers`` processes.
     """
-    rank, world_size = shard
+    features, labels, _ = extract_features_and_rows(
+        backbone, dataset, batch_size=batch_size, device=device, image_size=image_size, images=images, rows=rows,
+        precision=precision, num_workers=num_workers)
+    return features, labels
+
+
+@torch.no_grad()
+def extract_features_and_rows(
+    backbone: nn.Module,
+    dataset: ImageDataset,
+    *,
+    batch_size: int = 512,
+    device: str | torch.device = "cpu",
+    image_size: int | None = None,
+    images: Tensor | None = None,
+    rows: np.ndarray | None = None,
+    precision: str = "auto",
+    num_workers: int = 2,
+) -> tuple[Tensor, Tensor, np.ndarray]:
+    """`extract_features` and the dataset rows of the features (images that do not decode have none)."""
     if images is None and dataset.in_memory:
         images, rows = dataset.to_uint8()
     if images is not None:
         rows = np.arange(len(images)) if rows is None else np.asarray(rows)
-        mine = np.arange(rank, len(rows), world_size)
-        images, rows = images[torch.from_numpy(mine)], rows[mine]
     else:
-        rows = np.arange(rank, len(dataset), world_size)
+        rows = np.arange(len(dataset))
     autocast = resolve_precision(precision, torch.device(device)).autocast()
     was_training = backbone.training
     backbone.eval()
@@ -134,18 +148,4 @@ def extract_features(
         backbone.train(was_training)
     features = torch.cat(chunks) if chunks else torch.empty(0)
     rows = np.concatenate(kept) if kept else np.empty(0, dtype=np.int64)
-    if world_size > 1:
-        features, rows = _gather(features, rows, world_size)
-    return features, torch.from_numpy(np.asarray(dataset.labels)[rows])
-
-
-def _gather(features: Tensor, rows: np.ndarray, world_size: int) -> tuple[Tensor, np.ndarray]:
-    """Every process's features, in dataset order."""
-    import torch.distributed as dist
-
-    parts: list = [None] * world_size
-    dist.all_gather_object(parts, (features, rows))
-    features = torch.cat([p[0] for p in parts])
-    rows = np.concatenate([p[1] for p in parts])
-    order = np.argsort(rows, kind="stable")
-    return features[torch.from_numpy(order)], rows[order]
+    return features, torch.from_numpy(np.asarray(dataset.labels)[rows]), rows

@@ -176,6 +176,50 @@ def scan_dtype(device: torch.device) -> torch.dtype:
     return torch.bfloat16 if device.type == "cpu" and native_bf16(device) else torch.float32
 
 
+class BankIndex:
+    """A kNN bank prepared once for many `topk` searches: L2-normalised rows, and for a reduced-precision scan the
+    rows minus their mean in that dtype (see `exact_topk`) with their strided sample."""
+
+    def __init__(self, bank: Tensor, *, bank_chunk: int = 4096, scan: torch.dtype | None = None) -> None:
+        self.bank = F.normalize(bank.float(), dim=1)
+        self.bank_chunk = bank_chunk
+        scan = scan_dtype(self.bank.device) if scan is None else scan
+        self.centre, self.scan_norm = None, 1.0
+        if scan != self.bank.dtype:  # a reduced-precision scan runs on the rows minus their mean
+            self.centre = self.bank.mean(dim=0)
+            centred = self.bank - self.centre
+            self.scan_norm = float(centred.norm(dim=1).max())
+            self.scan_bank = centred.to(scan)
+            del centred
+        else:
+            self.scan_bank = self.bank
+        self.sample = self.scan_bank[::SAMPLE_STRIDE].contiguous()
+
+    def __len__(self) -> int:
+        return len(self.bank)
+
+    @torch.no_grad()
+    def topk(self, queries: Tensor, k: int, query_chunk: int = 1024) -> tuple[Tensor, Tensor]:
+        """Cosine similarities ``(Q, k')`` and bank rows of every query's ``k' = min(k, len(bank))`` nearest
+        bank rows (`exact_topk`, ``query_chunk`` queries at a time)."""
+        k = min(k, len(self.bank))
+        queries = F.normalize(queries.float(), dim=1)
+        if len(queries) == 0 or k == 0:
+            empty = torch.empty(len(queries), k, device=self.bank.device)
+            return empty, empty.long()
+        parts = [exact_topk(queries[start : start + query_chunk], self.bank, k, block=self.bank_chunk,
+                            sample=self.sample, scan_bank=self.scan_bank, centre=self.centre,
+                            scan_norm=self.scan_norm)
+                 for start in range(0, len(queries), query_chunk)]
+        return torch.cat([p[0] for p in parts]), torch.cat([p[1] for p in parts])
+
+
+def class_votes(similarities: Tensor, labels: Tensor, num_classes: int, temperature: float) -> Tensor:
+    """``(Q, C)`` votes: Σ ``exp(sim / T)`` of each query's neighbours per class (``-inf`` similarities add 0)."""
+    votes = torch.zeros(len(similarities), num_classes, device=similarities.device)
+    return votes.scatter_add_(1, labels, torch.exp(similarities / temperature))
+
+
 @torch.no_grad()
 def knn_scores(
     bank: Tensor,
@@ -195,36 +239,21 @@ def knn_scores(
     if len(bank) != len(bank_labels):
         raise ValueError(f"{len(bank)} bank features but {len(bank_labels)} labels")
     num_classes = int(bank_labels.max()) + 1 if num_classes is None else num_classes
-    k = min(k, len(bank))
-    bank = F.normalize(bank.float(), dim=1)
-    queries = F.normalize(queries.float(), dim=1)
-    bank_labels = bank_labels.to(bank.device).long()
-    scores = []
-    scan = scan_dtype(bank.device) if scan is None else scan
-    centre, scan_norm = None, 1.0
-    if scan != bank.dtype:  # a reduced-precision scan runs on the rows minus their mean (see `exact_topk`)
-        centre = bank.mean(dim=0)
-        centred = bank - centre
-        scan_norm = float(centred.norm(dim=1).max())
-        scan_bank = centred.to(scan)
-        del centred
-    else:
-        scan_bank = bank
-    sample = scan_bank[::SAMPLE_STRIDE].contiguous()
-    for q_start in range(0, len(queries), query_chunk):
-        top_sim, top_idx = exact_topk(queries[q_start : q_start + query_chunk], bank, k, block=bank_chunk,
-                                      sample=sample, scan_bank=scan_bank, centre=centre, scan_norm=scan_norm)
-        votes = torch.zeros(len(top_sim), num_classes, device=bank.device)
-        votes.scatter_add_(1, bank_labels[top_idx], torch.exp(top_sim / temperature))
-        scores.append(votes)
-    return torch.cat(scores)
+    index = BankIndex(bank, bank_chunk=bank_chunk, scan=scan)
+    similarities, rows = index.topk(queries.to(index.bank.device), k, query_chunk)
+    return class_votes(similarities, bank_labels.to(index.bank.device).long()[rows], num_classes, temperature)
+
+
+def topk_correct(scores: Tensor, labels: Tensor, ks: tuple[int, ...] = (1, 5)) -> dict[int, int]:
+    """How many rows have their label among the ``k`` highest scores, for every k (capped at the class count)."""
+    labels = labels.to(scores.device)
+    ranked = scores.argsort(dim=1, descending=True)
+    return {k: int((ranked[:, : min(k, scores.shape[1])] == labels[:, None]).any(dim=1).sum()) for k in ks}
 
 
 def topk_accuracy(scores: Tensor, labels: Tensor, ks: tuple[int, ...] = (1, 5)) -> dict[int, float]:
     """Fraction of rows whose label is among the ``k`` highest scores, for every k (capped at the class count)."""
-    labels = labels.to(scores.device)
-    ranked = scores.argsort(dim=1, descending=True)
-    return {k: (ranked[:, : min(k, scores.shape[1])] == labels[:, None]).any(dim=1).float().mean().item() for k in ks}
+    return {k: correct / len(labels) for k, correct in topk_correct(scores, labels, ks).items()}
 
 
 @dataclass(frozen=True)
@@ -251,7 +280,7 @@ def knn_evaluate(
     num_classes: int | None = None,
 ) -> dict[str, float]:
     """``{"knn/top1", "knn/top5"}`` accuracies (in %) of test features classified against the train bank."""
-    labelled = train_labels >= 0
+    labelled = (train_labels >= 0).to(train_features.device)
     num_classes = num_classes or int(max(train_labels.max(), test_labels.max())) + 1
     scores = knn_scores(
         train_features[labelled], train_labels[labelled], test_features,

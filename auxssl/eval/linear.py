@@ -81,8 +81,9 @@ def fit_probe(
     standardise = Standardise(train_x.mean(dim=0), train_x.std(dim=0).clamp_min(1e-6))
     train_x = standardise(train_x)
     generator = torch.Generator().manual_seed(config.seed)
-    torch.manual_seed(config.seed)
-    head = probe_head(train_x.shape[1], num_classes, config.hidden_dim)
+    with torch.random.fork_rng(devices=[]):  # the head's initialisation is seeded; the caller's stream untouched
+        torch.manual_seed(config.seed)
+        head = probe_head(train_x.shape[1], num_classes, config.hidden_dim)
     optimizer = torch.optim.SGD(
         head.parameters(), lr=config.lr, momentum=config.momentum, nesterov=True, weight_decay=config.weight_decay
     )

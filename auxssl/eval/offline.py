@@ -13,11 +13,11 @@ from torch import nn
 from auxssl.data.datasets import ImageDataset
 from auxssl.engine.checkpoint import load_checkpoint
 from auxssl.errors import InputError
-from auxssl.eval.features import extract_features
+from auxssl.eval.features import extract_features_and_rows
 from auxssl.eval.knn import KNNProtocol, knn_evaluate
 from auxssl.eval.linear import ProbeConfig, linear_probe, mlp_probe
+from auxssl.eval.sharded import EvalGroup, every_cpu_thread, sharded_knn_evaluate
 from baselines.backbones import build_backbone
-
 
 #: Suffix of the settings file `auxssl export` writes beside exported weights (``backbone.pt`` → ``backbone.json``).
 SETTINGS_SUFFIX = ".json"
@@ -101,7 +101,7 @@ def evaluate_backbone(
     image_size: int | None = None,
     decoded: tuple[tuple[torch.Tensor, np.ndarray], tuple[torch.Tensor, np.ndarray]] | None = None,
     precision: str = "auto",
-    shard: tuple[int, int] = (0, 1),
+    group: EvalGroup | None = None,
     num_workers: int = 2,
 ) -> dict[str, float]:
     """Features of both splits extracted once (evaluation transform), then kNN and/or probes; accuracies in %.
@@ -110,23 +110,58 @@ def evaluate_backbone(
     size the backbone was trained at: the same weights score very differently at another resolution.
     ``decoded``: the two splits' ``to_uint8()`` results, for callers that evaluate repeatedly (the trainer).
     Without ``decoded``, images not already in memory are streamed (memory bounded by a batch and the features).
-    ``precision``: of the feature extraction (`extract_features`). ``shard=(rank, world_size)``: under
-    torch.distributed every process extracts its share; the evaluators run on rank 0 (the others return ``{}``).
+    ``precision``: of the feature extraction (`extract_features`). The kNN runs on ``device``.
+    ``group``: under torch.distributed (a collective call), every process extracts the features of its shards
+    (`EvalGroup.shard` of ``train`` and ``test``; ``decoded`` holds those shards' images), the kNN is split over
+    the ranks and the probes train on rank 0 (`auxssl.eval.sharded`); every rank returns the results.
     ``num_workers``: processes decoding streamed images (the run's ``data.num_workers``).
     """
+    if group is not None:
+        train, test = group.shard(train), group.shard(test)
+    device = torch.device(device)
     (train_images, train_rows), (test_images, test_rows) = decoded or ((None, None), (None, None))
-    common = dict(device=device, image_size=image_size, precision=precision, shard=shard, num_workers=num_workers)
-    train_x, train_y = extract_features(backbone, train, images=train_images, rows=train_rows, **common)
-    test_x, test_y = extract_features(backbone, test, images=test_images, rows=test_rows, **common)
-    if shard[0] != 0:
-        return {}
-    if not (bool((train_y >= 0).any()) and bool((test_y >= 0).any())):
-        raise InputError(f"evaluation needs labels: {train.name if not (train_y >= 0).any() else test.name} has none")
+    common = dict(device=device, image_size=image_size, precision=precision, num_workers=num_workers)
+    train_x, train_y, train_rows = extract_features_and_rows(backbone, train, images=train_images, rows=train_rows,
+                                                             **common)
+    test_x, test_y, test_rows = extract_features_and_rows(backbone, test, images=test_images, rows=test_rows,
+                                                          **common)
+    highest = [int(train_y.max()) if len(train_y) else -1, int(test_y.max()) if len(test_y) else -1]
+    if group is not None:
+        highest = group.highest(highest, device)
+    if min(highest) < 0:
+        raise InputError(f"evaluation needs labels: {train.name if highest[0] < 0 else test.name} has none")
+    num_classes = max(highest) + 1
     results: dict[str, float] = {}
     if knn is not None:
-        results.update(knn_evaluate(train_x, train_y, test_x, test_y, knn))
-    if linear is not None:
-        results.update(linear_probe(train_x, train_y, test_x, test_y, linear))
-    if mlp is not None:
-        results.update(mlp_probe(train_x, train_y, test_x, test_y, mlp))
-    return results
+        if group is None:
+            results.update(knn_evaluate(train_x.to(device), train_y, test_x.to(device), test_y, knn, num_classes))
+        else:
+            results.update(sharded_knn_evaluate(train_x.to(device), train_y, test_x.to(device), test_y, group,
+                                                k=knn.k, temperature=knn.temperature, num_classes=num_classes))
+    probes = [(run, config) for run, config in ((linear_probe, linear), (mlp_probe, mlp)) if config is not None]
+    if not probes:
+        return results
+
+    def train_probes(splits: tuple[tuple[torch.Tensor, torch.Tensor], tuple[torch.Tensor, torch.Tensor]]) -> dict:
+        (train_x, train_y), (test_x, test_y) = splits
+        return {name: value for run, config in probes for name, value in run(train_x, train_y, test_x, test_y,
+                                                                            config).items()}
+
+    if group is None:
+        return {**results, **train_probes(((train_x, train_y), (test_x, test_y)))}
+    # the features of every shard, gathered on rank 0 only and put back in dataset order
+    parts = group.gather_on_main([(train_x, train_y, train.indices[train_rows]),
+                                  (test_x, test_y, test.indices[test_rows])])
+
+    def on_main() -> dict:
+        with every_cpu_thread():
+            return train_probes(tuple(_in_dataset_order([p[split] for p in parts]) for split in (0, 1)))
+
+    return {**results, **group.run_on_main(on_main, "probes")}
+
+
+def _in_dataset_order(parts: list[tuple[torch.Tensor, torch.Tensor, np.ndarray]]) -> tuple[torch.Tensor, torch.Tensor]:
+    """The shards' ``(features, labels, dataset rows)`` merged into dataset order."""
+    rows = np.concatenate([p[2] for p in parts])
+    order = torch.from_numpy(np.argsort(rows, kind="stable"))
+    return torch.cat([p[0] for p in parts])[order], torch.cat([p[1] for p in parts])[order]

@@ -220,34 +220,6 @@ def test_the_masked_case_really_masks() -> None:
     assert reference("simclr+fn_elimination")[0] != pytest.approx(reference("simclr")[0])
 
 
-def sharded_extraction_worker(rank: int, init_file: str, out_dir: str) -> None:
-    from auxssl.data import digits
-    from auxssl.eval.features import extract_features
-
-    dist.init_process_group("gloo", init_method=f"file://{init_file}", rank=rank, world_size=WORLD)
-    torch.set_num_threads(1)
-    torch.manual_seed(0)
-    features, labels = extract_features(small_backbone().eval(), digits("test"), image_size=8, precision="fp32",
-                                        shard=(rank, WORLD))
-    torch.save((features, labels), Path(out_dir) / f"features{rank}.pt")
-    dist.destroy_process_group()
-
-
-def test_sharded_feature_extraction_gathers_what_one_process_extracts() -> None:
-    """Under torch.distributed every rank extracts its share; the gathered features are the single-process ones."""
-    from auxssl.data import digits
-    from auxssl.eval.features import extract_features
-
-    torch.manual_seed(0)
-    single, labels = extract_features(small_backbone().eval(), digits("test"), image_size=8, precision="fp32")
-    with tempfile.TemporaryDirectory() as tmp:
-        mp.spawn(sharded_extraction_worker, args=(str(Path(tmp) / "init"), tmp), nprocs=WORLD, join=True)
-        for rank in range(WORLD):
-            features, gathered_labels = torch.load(Path(tmp) / f"features{rank}.pt")
-            torch.testing.assert_close(features, single)
-            assert torch.equal(gathered_labels, labels)
-
-
 def probe_batches(rank: int) -> list[tuple[torch.Tensor, torch.Tensor]]:
     """Three steps of features and revealed labels (-1 hidden; a different share per rank)."""
     g = torch.Generator().manual_seed(10 + rank)

@@ -412,3 +412,29 @@ def test_two_process_run_killed_mid_epoch_resumes_bit_identically(tmp_path: Path
         assert ranks[0][queue].abs().sum() > 0 and not torch.equal(ranks[0][queue], ranks[1][queue])
     losses = [[r["loss"] for r in read_metrics(tmp_path / run, "train")] for run in ("reference", "killed")]
     assert losses[0] == losses[1]
+
+
+def test_two_process_evaluation_equals_one_process_evaluation_of_the_same_weights(tmp_path: Path) -> None:
+    """torchrun with 2 processes: each rank extracts and decodes only its shards, the kNN is split over the
+    ranks and the linear probe trains on rank 0 on the gathered features; the logged figures equal one process
+    evaluating the final weights on the whole sets."""
+    from auxssl.engine.build import build_datasets
+    from auxssl.eval.linear import ProbeConfig
+    from auxssl.eval.offline import evaluate_backbone, load_backbone
+
+    config = load_config(None, tiny(tmp_path, "ddp", "train.epochs=1", "eval.linear=true", "eval.precision=fp32",
+                                    "eval.at_start=true", "eval.test_subset=41"))  # 41: uneven shards
+    save_config(config, tmp_path / "ddp.yaml")
+    launch = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2", "-m", "auxssl",
+              "train", str(tmp_path / "ddp.yaml")]
+    result = subprocess.run(launch, check=False, capture_output=True, text=True, timeout=600,
+                            env={**os.environ, "OMP_NUM_THREADS": "1"})
+    assert result.returncode == 0, result.stderr[-3000:]
+    logged = read_metrics(tmp_path / "ddp", "eval")
+    assert [r["epoch"] for r in logged] == [0, 1] and "linear/top1" in logged[-1]
+    backbone, _ = load_backbone(find_last_checkpoint(tmp_path / "ddp"))
+    _, bank, test = build_datasets(config)
+    single = evaluate_backbone(backbone, bank, test, linear=ProbeConfig(), image_size=16, precision="fp32",
+                               num_workers=0)
+    assert {k: logged[-1][k] for k in single} == pytest.approx(single, abs=1e-6)
+
