@@ -438,3 +438,31 @@ def test_two_process_evaluation_equals_one_process_evaluation_of_the_same_weight
                                num_workers=0)
     assert {k: logged[-1][k] for k in single} == pytest.approx(single, abs=1e-6)
 
+
+def free_port() -> int:
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def test_two_nodes_of_one_process_each_train_one_run(tmp_path: Path) -> None:
+    """Two torchrun launchers meeting at a c10d rendezvous, as on two nodes (one process each): on the second
+    node RANK is 1 but LOCAL_RANK 0. The run trains, evaluates and checkpoints as one run: both launchers exit 0,
+    one record per step, and the checkpoint holds both ranks' own random streams."""
+    config = load_config(None, tiny(tmp_path, "nodes", "train.epochs=1", "data.backend=tensor"))
+    save_config(config, tmp_path / "nodes.yaml")
+    launch = [sys.executable, "-m", "torch.distributed.run", "--nnodes=2", "--nproc_per_node=1", "--rdzv-backend=c10d",
+              f"--rdzv-endpoint=127.0.0.1:{free_port()}", "--rdzv-id=auxssl-test", "-m", "auxssl", "train",
+              str(tmp_path / "nodes.yaml")]
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    nodes = [subprocess.Popen(launch, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, env=env) for _ in range(2)]
+    errors = [node.communicate(timeout=600)[1].decode(errors="replace") for node in nodes]
+    assert [node.returncode for node in nodes] == [0, 0], "\n".join(e[-2000:] for e in errors)
+    train = read_metrics(tmp_path / "nodes", "train")  # 64 images, global batch 16: 8 per rank, 4 steps
+    assert [r["step"] for r in train] == [1, 2, 3, 4] and train[-1]["images_seen"] == 64
+    assert [r["epoch"] for r in read_metrics(tmp_path / "nodes", "eval")] == [1]
+    processes = load_checkpoint(find_last_checkpoint(tmp_path / "nodes"))["processes"]
+    assert len(processes) == 2
+    assert not torch.equal(processes[0]["rng"]["torch"], processes[1]["rng"]["torch"])
