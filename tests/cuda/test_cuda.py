@@ -67,6 +67,19 @@ def test_kornia_augments_on_the_device_with_the_cpu_crops() -> None:
     assert torch.equal(batches["cuda"].index.cpu(), batches["cpu"].index)
 
 
+def test_the_gpu_crops_a_batch_in_one_warp_with_the_per_image_pixels() -> None:
+    """On CUDA the crop runs batched (kornia's resample mode): the same pixels as the per-image crop."""
+    from auxssl.data import ViewSpec
+    from auxssl.data.loaders import kornia_augmentation
+
+    spec = ViewSpec(size=32, scale=(0.08, 1.0), flip_p=0.0, jitter_p=0.0, grayscale_p=0.0)
+    per_image = kornia_augmentation(spec, (0.0,) * 3, (1.0,) * 3)[0].cuda()
+    batched = kornia_augmentation(spec, (0.0,) * 3, (1.0,) * 3, batched_crop=True)[0].cuda()
+    images = torch.rand(256, 3, 32, 32, device="cuda")
+    params = per_image.forward_parameters(images.shape)
+    assert (batched(images, params=params) - per_image(images, params=params)).abs().max() < 1e-4
+
+
 def test_resume_is_bit_exact_with_deterministic_kernels(tmp_path: Path) -> None:
     """A run continued from its epoch-1 checkpoint (into another run directory) ends with the weights of the
     uninterrupted run, on the GPU with deterministic kernels."""

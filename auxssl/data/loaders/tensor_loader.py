@@ -29,16 +29,22 @@ class _Clamp01(nn.Module):
         return x.clamp(0.0, 1.0)
 
 
-def kornia_augmentation(spec: ViewSpec, mean: Sequence[float], std: Sequence[float]) -> nn.Sequential:
+def kornia_augmentation(spec: ViewSpec, mean: Sequence[float], std: Sequence[float],
+                        batched_crop: bool = False) -> nn.Sequential:
     """The batched pipeline of one view for float images in [0, 1]; parameters are drawn per sample.
 
     One deliberate difference from the torchvision backend: kornia's ``ColorJitter`` draws the *order* of its
     four adjustments (brightness, contrast, saturation, hue) once per batch, torchvision once per sample. The
     strengths and the application probability are still drawn per sample.
+
+    ``batched_crop``: crop and resize the whole batch in one warp (kornia's ``cropping_mode="resample"``) rather
+    than one crop and resize per image (``"slice"``, the default). Both give the same pixels from the same crop
+    boxes to within 1e-4 (tested); the batched warp is one kernel on a GPU, but up to 3× slower on a CPU at 224 px.
     """
     steps: list[nn.Module] = []
     if spec.scale is not None:
-        steps.append(K.RandomResizedCrop((spec.size, spec.size), scale=spec.scale, ratio=spec.ratio))
+        steps.append(K.RandomResizedCrop((spec.size, spec.size), scale=spec.scale, ratio=spec.ratio,
+                                         cropping_mode="resample" if batched_crop else "slice"))
     else:
         steps.append(K.Resize((spec.size, spec.size), antialias=True))
     if spec.flip_p > 0:
@@ -80,7 +86,8 @@ class KorniaViews:
     def __init__(self, recipe: Recipe, mean: Sequence[float], std: Sequence[float], device: torch.device,
                  good_crops: GoodCrops | None = None) -> None:
         self.recipe, self.device, self.good_crops = recipe, device, good_crops
-        self.augmentations = nn.ModuleList(kornia_augmentation(s, mean, std) for s in recipe.views).to(device)
+        batched = device.type == "cuda"  # one warp per view and batch on a GPU; per-image crops on a CPU (faster)
+        self.augmentations = nn.ModuleList(kornia_augmentation(s, mean, std, batched) for s in recipe.views).to(device)
 
     @torch.no_grad()
     def __call__(self, images: Tensor, seed: int) -> tuple[list[Tensor], Tensor | None]:

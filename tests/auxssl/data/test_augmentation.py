@@ -176,3 +176,21 @@ def test_recipes_are_complete_and_documented() -> None:
     assert [v.size for v in swav.views] == [224, 224] + [96] * 6 and swav.num_global == 2
     assert get_recipe("simclr").views[0].jitter == (0.4, 0.4, 0.4, 0.1)
     assert ViewSpec(size=224).blur_kernel == 23 and ViewSpec(size=32).blur_kernel == 3
+
+
+@pytest.mark.parametrize("side, size", [(32, 32), (256, 96)])  # CIFAR's upscaled crops; downscaled larger images
+def test_the_batched_crop_gives_the_per_image_crops_pixels(side: int, size: int) -> None:
+    """On a GPU the tensor loader crops the whole batch in one warp (kornia's resample mode) instead of one crop
+    and resize per image: from the same crop boxes the pixels agree with the per-image crop to within 1e-4, and
+    the loader picks the batched crop only for CUDA."""
+    from auxssl.data.loaders.tensor_loader import KorniaViews
+
+    spec = ViewSpec(size=size, scale=(0.08, 1.0), flip_p=0.0, jitter_p=0.0, grayscale_p=0.0)
+    per_image, batched = (kornia_augmentation(spec, **IDENTITY, batched_crop=b)[0] for b in (False, True))
+    assert (per_image.flags["cropping_mode"], batched.flags["cropping_mode"]) == ("slice", "resample")
+    images = torch.rand(32, 3, side, side, generator=torch.Generator().manual_seed(0))
+    params = per_image.forward_parameters(images.shape)
+    expected, got = per_image(images, params=params), batched(images, params=params)
+    assert (got - expected).abs().max() < 1e-4 and (got - expected).abs().max() > 0  # two code paths, one result
+    views = KorniaViews(get_recipe("simclr", 32), (0.5,) * 3, (0.25,) * 3, torch.device("cpu"))
+    assert views.augmentations[0][0].flags["cropping_mode"] == "slice"
