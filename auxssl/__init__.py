@@ -15,6 +15,7 @@ from typing import TYPE_CHECKING, Any
 from auxssl.version import __version__
 
 _EXPORTS = {
+    "AuxiliaryLoss": "auxssl.auxiliary",
     "AuxWrapper": "auxssl.wrapper",
     "ClassificationPretextTask": "auxssl.tasks",
     "JigsawPrediction": "auxssl.tasks",
@@ -23,6 +24,7 @@ _EXPORTS = {
 }
 
 if TYPE_CHECKING:
+    from auxssl.auxiliary import AuxiliaryLoss
     from auxssl.tasks import ClassificationPretextTask, JigsawPrediction, PretextTask, RotationPrediction
     from auxssl.wrapper import AuxWrapper
 
@@ -35,6 +37,7 @@ def __getattr__(name: str) -> Any:
 
 __all__ = [
     "AuxWrapper",
+    "AuxiliaryLoss",
     "ClassificationPretextTask",
     "JigsawPrediction",
     "PretextTask",

@@ -7,9 +7,9 @@ from typing import Any
 
 from torch import Tensor, nn
 
-from auxssl.tasks import PretextTask, RotationPrediction
+from auxssl.auxiliary import AuxiliaryLoss
+from auxssl.tasks import PretextTask
 from baselines.backbones import feature_dim
-from baselines.base import split_weight_decay
 from baselines.ema import ema_update_pairs_
 from baselines.protocol import Batch, ContrastSets, as_batch, missing_protocol_members
 
@@ -40,38 +40,9 @@ class AuxWrapper(nn.Module):
         missing = missing_protocol_members(base)
         if missing:
             raise TypeError(f"{type(base).__name__} does not follow the SSLMethod protocol: missing {missing}")
-        tasks = [RotationPrediction()] if tasks is None else list(tasks)
-        for task in tasks:
-            if not isinstance(task, nn.Module) or not isinstance(task, PretextTask):
-                raise TypeError(f"{task!r} is not a PretextTask nn.Module (name, weight, build, forward)")
-        names = [task.name for task in tasks]
-        if len(set(names)) != len(names):
-            raise ValueError(f"task names must be unique, got {names}")
-        self._set_weights(tasks, weights)
-        dim = feature_dim(base.backbone)
-        for task in tasks:
-            task.build(dim)
         self.base = base
-        self.tasks = nn.ModuleList(tasks)
-
-    @staticmethod
-    def _set_weights(tasks: list[PretextTask], weights: float | Sequence[float] | Mapping[str, float] | None) -> None:
-        if weights is None:
-            return
-        if isinstance(weights, Mapping):
-            unknown = set(weights) - {t.name for t in tasks}
-            if unknown:
-                raise ValueError(f"weights name unknown tasks {sorted(unknown)}; tasks are {[t.name for t in tasks]}")
-            for task in tasks:
-                task.weight = float(weights.get(task.name, task.weight))
-        elif isinstance(weights, (int, float)):
-            for task in tasks:
-                task.weight = float(weights)
-        else:
-            if len(weights) != len(tasks):
-                raise ValueError(f"got {len(weights)} weights for {len(tasks)} tasks")
-            for task, w in zip(tasks, weights):
-                task.weight = float(w)
+        #: The tasks and their heads: the same `AuxiliaryLoss` a user's own loop would call.
+        self.tasks = AuxiliaryLoss(tasks, weights, feature_dim=feature_dim(base.backbone))
 
     @property
     def backbone(self) -> nn.Module:
@@ -88,19 +59,13 @@ class AuxWrapper(nn.Module):
     @property
     def weights(self) -> dict[str, float]:
         """λ of every task, by name."""
-        return {task.name: task.weight for task in self.tasks}
+        return self.tasks.weights
 
     def param_groups(self) -> list[dict[str, Any]]:
-        groups = list(self.base.param_groups())
-        for task in self.tasks:
-            groups += split_weight_decay(task.named_parameters())
-        return groups
+        return list(self.base.param_groups()) + self.tasks.param_groups()
 
     def momentum_pairs(self) -> list[tuple[nn.Module, nn.Module]]:
-        pairs = list(self.base.momentum_pairs())
-        for task in self.tasks:
-            pairs += list(getattr(task, "momentum_pairs", lambda: [])())
-        return pairs
+        return list(self.base.momentum_pairs()) + self.tasks.momentum_pairs()
 
     def momentum_update(self, tau: float) -> None:
         ema_update_pairs_(self.momentum_pairs(), tau)
@@ -123,16 +88,12 @@ class AuxWrapper(nn.Module):
     def forward(self, batch: Batch | Sequence[Tensor]) -> dict[str, Tensor]:
         batch = as_batch(batch)
         out = dict(self.base(batch))
-        total = out["loss"]
-        out["loss/base"] = total
-        backbone = self.base.backbone
-        for task in self.tasks:
-            task_out = task(backbone, batch)
-            for key, value in task_out.items():
-                name = f"{key}/{task.name}"
-                if name in out:
-                    raise KeyError(f"task {task.name!r} output {name!r} collides with a key of the base method")
-                out[name] = value
-            total = total + task.weight * task_out["loss"]
-        out["loss"] = total
+        out["loss/base"] = out["loss"]
+        auxiliary = self.tasks(self.base.backbone, batch)
+        terms = {name: value for name, value in auxiliary.items() if name != "loss"}
+        collisions = sorted(set(terms) & set(out))
+        if collisions:
+            raise KeyError(f"task outputs {collisions} collide with keys of the base method")
+        out.update(terms)
+        out["loss"] = out["loss/base"] + auxiliary["loss"]
         return out

@@ -15,6 +15,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 from torch.utils.data import DataLoader, Dataset
 
+from auxssl.auxiliary import PooledFeatures
 from auxssl.data.datasets import CorruptImageError, ImageDataset
 from auxssl.engine.precision import resolve_precision
 from auxssl.errors import InputError
@@ -97,7 +98,8 @@ def extract_features(
     precision: str = "auto",
     num_workers: int = 2,
 ) -> tuple[Tensor, Tensor]:
-    """Pooled features ``(N, D)`` (float32, CPU) and labels ``(N,)`` of every decodable image of ``dataset``.
+    """Pooled features ``(N, D)`` (float32, CPU) and labels ``(N,)`` of every decodable image of ``dataset``
+    (a backbone returning ``(B, D, 1, 1)``, as lightly's ResNet trunks do, is flattened).
 
     The backbone runs in eval mode (its mode is restored afterwards) on channels-last input, under autocast at
     ``precision`` (``auto``: bf16 where native, as in training, else fp32; ``fp32``; ``bf16``). Images in memory
@@ -131,6 +133,7 @@ def extract_features_and_rows(
     else:
         rows = np.arange(len(dataset))
     autocast = resolve_precision(precision, torch.device(device)).autocast()
+    pooled = PooledFeatures(backbone)  # lightly-style trunks return (B, D, 1, 1)
     was_training = backbone.training
     backbone.eval()
     chunks: list[Tensor] = []
@@ -141,7 +144,7 @@ def extract_features_and_rows(
             x = _normalise(_resize(x.float().div_(255.0) if x.dtype == torch.uint8 else x, image_size),
                            dataset.mean, dataset.std)
             with autocast:
-                features = backbone(x.contiguous(memory_format=torch.channels_last))
+                features = pooled(x.contiguous(memory_format=torch.channels_last))
             chunks.append(features.float().cpu())
             kept.append(batch_rows)
     finally:
