@@ -70,6 +70,26 @@ def build_datasets(config: RunConfig) -> RunDatasets:
     return RunDatasets(train, bank, random_subset(test, config.eval.test_subset))
 
 
+def evaluation_data(config: RunConfig, bank: ImageDataset, test: ImageDataset, image_size: int,
+                    precision: str) -> tuple[dict, str]:
+    """What a run's evaluations ran on, as ``run.json`` records it (``evaluation["data"]``: two runs compare only
+    where these agree) and as one readable line (``protocol["data"]``)."""
+    evaluation = config.eval
+    data = {
+        "dataset": evaluation.dataset or config.data.dataset,
+        "root": evaluation.root if evaluation.dataset else config.data.root, "image_size": image_size,
+        "bank": evaluation.bank, "bank_size": len(bank), "test_subset": evaluation.test_subset,
+        "test_size": len(test), "subset_seed": SUBSET_SEED, "feature_precision": precision,
+    }
+    if test.description:
+        data["split"] = test.description
+    text = (f"features at {image_size} px ({precision}); bank: {len(bank)} training images"
+            f"{' (full training split)' if evaluation.bank == 'full_train' else ''}; test: {len(test)} "
+            f"images{' (fixed random sample)' if evaluation.test_subset else ''}"
+            f"{f' ({test.description})' if test.description else ''}")
+    return data, text
+
+
 def check_disjoint(bank: ImageDataset, test: ImageDataset) -> None:
     """Refuse an evaluation whose test images are also in its kNN bank / probe training set (a kNN would score
     images against themselves)."""

@@ -25,11 +25,11 @@ from torch.utils.checkpoint import checkpoint
 from auxssl.config import NoiseConfig, RunConfig, TaskConfig, from_dict, load_config, save_config, to_dict
 from auxssl.data.loaders.base import derive_seed
 from auxssl.engine.build import (
-    SUBSET_SEED,
     RunDatasets,
     build_datasets,
     build_model,
     build_train_loader,
+    evaluation_data,
     memory_budget,
     process_seed,
     resolve_backend,
@@ -353,18 +353,7 @@ class Trainer:
     def run_info(self) -> RunInfo:
         """The run's identity, every setting that changes its evaluations, and its training budget."""
         cfg = self.config
-        data = {
-            "dataset": cfg.eval.dataset or cfg.data.dataset, "root": cfg.eval.root if cfg.eval.dataset else cfg.data.root,
-            "image_size": self.eval_image_size,
-            "bank": cfg.eval.bank, "bank_size": len(self.bank_set), "test_subset": cfg.eval.test_subset,
-            "test_size": len(self.test_set), "subset_seed": SUBSET_SEED, "feature_precision": self.eval_precision,
-        }
-        if self.test_set.description:
-            data["split"] = self.test_set.description
-        data_text = (f"features at {self.eval_image_size} px ({self.eval_precision}); bank: {len(self.bank_set)} training images"
-                     f"{' (full training split)' if cfg.eval.bank == 'full_train' else ''}; test: {len(self.test_set)} "
-                     f"images{' (fixed random sample)' if cfg.eval.test_subset else ''}"
-                     f"{f' ({self.test_set.description})' if self.test_set.description else ''}")
+        data, data_text = evaluation_data(cfg, self.bank_set, self.test_set, self.eval_image_size, self.eval_precision)
         protocol = {"data": data_text, "knn": self.knn_protocol.describe()}
         evaluation: dict[str, dict[str, Any]] = {"data": data, "knn": dataclasses.asdict(self.knn_protocol)}
         if self.no_evaluation is not None:  # nothing is evaluated: say why instead of describing evaluators
