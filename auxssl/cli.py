@@ -328,11 +328,15 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     # auxssl's notices (resume, skipped images, data layout) reach the console; other libraries' INFO lines do not
-    handler = logging.StreamHandler()
-    handler.setFormatter(logging.Formatter("auxssl: %(message)s"))
     package_logger = logging.getLogger("auxssl")
-    if not package_logger.handlers:
+    handler = next((h for h in package_logger.handlers if getattr(h, "auxssl_console", False)), None)
+    if handler is None:
+        handler = logging.StreamHandler()
+        handler.setFormatter(logging.Formatter("auxssl: %(message)s"))
+        handler.auxssl_console = True  # type: ignore[attr-defined]
         package_logger.addHandler(handler)
+    else:  # main() called again in one process (tests, notebooks): today's stderr, not the first call's
+        handler.stream = sys.stderr  # (setStream would flush the old one, which may be closed)
     package_logger.setLevel(logging.INFO)
     package_logger.propagate = False
     from auxssl.engine.preemption import EXIT_INTERRUPTED, Preempted
