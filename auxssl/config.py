@@ -306,7 +306,10 @@ def load_config(path: str | Path | None = None, overrides: list[str] | None = No
 
 def validate(config: RunConfig) -> None:
     from auxssl.data import BACKENDS, DATASETS, RECIPES
-    from baselines import BACKBONES, METHODS
+    from auxssl.engine.optim import OPTIMIZERS
+    from auxssl.engine.precision import FEATURE_PRECISIONS, PRECISIONS
+    from auxssl.plugins import method_class, task_class
+    from baselines import BACKBONES
     from baselines.backbones import TIMM_PREFIX
 
     choices = {
@@ -314,16 +317,19 @@ def validate(config: RunConfig) -> None:
         "eval.dataset": (config.eval.dataset or config.data.dataset, DATASETS),
         "data.backend": (config.data.backend, (*BACKENDS, "auto")),
         "data.recipe": (config.data.recipe, tuple(RECIPES)),
-        "model.method": (config.model.method, tuple(METHODS)),
-        "optim.name": (config.optim.name, ("sgd", "lars", "adamw")),
-        "train.precision": (config.train.precision, ("auto", "fp32", "bf16", "fp16")),
+        "optim.name": (config.optim.name, OPTIMIZERS),
+        "train.precision": (config.train.precision, PRECISIONS),
         "eval.bank": (config.eval.bank, ("train", "full_train")),
-        "eval.precision": (config.eval.precision, ("auto", "fp32", "bf16")),
+        "eval.precision": (config.eval.precision, FEATURE_PRECISIONS),
     }
     if not config.model.backbone.startswith(TIMM_PREFIX):
         choices["model.backbone"] = (config.model.backbone, BACKBONES + (TIMM_PREFIX + "<timm model>",))
-    for i, task in enumerate(config.tasks):
-        choices[f"tasks[{i}].name"] = (task.name, ("rotation", "jigsaw"))
+    try:  # registered names or import paths (module:Class), resolved now rather than when training starts
+        method_class(config.model.method)
+        for i, task in enumerate(config.tasks):
+            task_class(task.name, f"tasks[{i}].name")
+    except InputError as err:
+        raise ConfigError(str(err)) from None
     for key, (value, valid) in choices.items():
         if value not in valid:
             close = difflib.get_close_matches(str(value), list(valid), n=1)
@@ -367,9 +373,9 @@ def validate(config: RunConfig) -> None:
 def validate_views(config: RunConfig) -> None:
     """The method must accept the number of views the recipe makes (e.g. BYOL takes exactly two)."""
     from auxssl.data import get_recipe
-    from baselines import METHODS
+    from auxssl.plugins import method_class
 
-    wanted = getattr(METHODS[config.model.method], "num_views", None)
+    wanted = getattr(method_class(config.model.method), "num_views", None)
     made = len(get_recipe(config.data.recipe, config.data.image_size).views)
     if wanted is not None and wanted != made:
         raise ConfigError(f"model.method={config.model.method!r} takes {wanted} views per image but "
@@ -387,9 +393,10 @@ def validate_noise(config: RunConfig) -> None:
         raise ConfigError(f"noise.fn_injection.classes_per_batch={classes} must be positive and divide "
                           f"data.batch_size={config.data.batch_size}")
     if noise.fn_elimination > 0:
+        from auxssl.plugins import method_class
         from baselines import METHODS
 
-        if not hasattr(METHODS[config.model.method], "contrast_sets"):
+        if not hasattr(method_class(config.model.method), "contrast_sets"):
             with_negatives = sorted(name for name, cls in METHODS.items() if hasattr(cls, "contrast_sets"))
             raise ConfigError(f"noise.fn_elimination needs a loss with negatives; model.method={config.model.method!r} "
                               f"has none (methods with negatives: {', '.join(with_negatives)})")

@@ -15,11 +15,9 @@ from auxssl.data.datasets import ImageDataset, ImageSubset
 from auxssl.data.loaders import MultiViewLoader, choose_backend, derive_seed
 from auxssl.errors import InputError
 from auxssl.noise.control import NoiseControl
-from auxssl.tasks import JigsawPrediction, RotationPrediction
+from auxssl.plugins import method_class, task_class
 from auxssl.wrapper import AuxWrapper
-from baselines import METHODS, build_backbone
-
-TASKS = {"rotation": RotationPrediction, "jigsaw": JigsawPrediction}
+from baselines import build_backbone
 
 
 #: Seed of the fixed random subsets (``data.train_subset``, ``eval.test_subset``): the same for every run.
@@ -109,7 +107,7 @@ def build_model(config: RunConfig) -> nn.Module:
     except (ValueError, ImportError) as err:
         raise InputError(f"model.backbone={config.model.backbone}: {err}") from err
     try:
-        method = METHODS[config.model.method](backbone, **config.model.method_args)
+        method = method_class(config.model.method)(backbone, **config.model.method_args)
     except TypeError as err:
         raise InputError(f"model.method_args do not fit {config.model.method}: {err}") from err
     if not config.tasks:
@@ -117,7 +115,7 @@ def build_model(config: RunConfig) -> nn.Module:
     tasks = []
     for task in config.tasks:
         try:
-            tasks.append(TASKS[task.name](weight=task.weight, **task.args))
+            tasks.append(task_class(task.name)(weight=task.weight, **task.args))
         except TypeError as err:
             raise InputError(f"tasks: args do not fit {task.name}: {err}") from err
     return AuxWrapper(method, tasks)

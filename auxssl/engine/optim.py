@@ -57,6 +57,10 @@ class LARS(torch.optim.Optimizer):
         return loss
 
 
+#: The optimisers ``optim.name`` chooses from.
+OPTIMIZERS = ("sgd", "lars", "adamw")
+
+
 def build_optimizer(param_groups: list[dict[str, Any]], name: str, lr: float, weight_decay: float, momentum: float,
                     lars_eta: float = 0.02, betas: tuple[float, float] = (0.9, 0.999),
                     lars_clip_lr: bool = True) -> torch.optim.Optimizer:
@@ -78,4 +82,4 @@ def build_optimizer(param_groups: list[dict[str, Any]], name: str, lr: float, we
         return LARS(groups, lr=lr, momentum=momentum, weight_decay=weight_decay, eta=lars_eta, clip_lr=lars_clip_lr)
     if name == "adamw":
         return torch.optim.AdamW(groups, lr=lr, weight_decay=weight_decay, betas=betas)
-    raise ValueError(f"unknown optimiser {name!r}; choose sgd, lars or adamw")
+    raise ValueError(f"unknown optimiser {name!r}; choose one of {', '.join(OPTIMIZERS)}")

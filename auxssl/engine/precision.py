@@ -62,6 +62,11 @@ class Precision:
         return torch.autocast(self.device_type, dtype=self.dtype)
 
 
+#: The training precisions (``train.precision``) and those of feature extraction (``eval.precision``).
+PRECISIONS = ("auto", "fp32", "bf16", "fp16")
+FEATURE_PRECISIONS = ("auto", "fp32", "bf16")
+
+
 def resolve_precision(name: str, device: torch.device) -> Precision:
     """``auto``: bf16 where native (see `native_bf16`), else fp32; ``fp16`` only on CUDA (with a GradScaler)."""
     if name == "auto":
@@ -74,4 +79,4 @@ def resolve_precision(name: str, device: torch.device) -> Precision:
         if device.type != "cuda":
             raise InputError("fp16 mixed precision needs CUDA; use bf16 or fp32 on CPU")
         return Precision(torch.float16, device.type)
-    raise InputError(f"unknown precision {name!r}; choose auto, fp32, bf16 or fp16")
+    raise InputError(f"unknown precision {name!r}; choose one of {', '.join(PRECISIONS)}")

@@ -1,14 +1,24 @@
-"""Auxiliary pretext tasks that `AuxWrapper` adds to a base method's loss."""
+"""Auxiliary pretext tasks that `AuxWrapper` / `AuxiliaryLoss` add to a base method's loss.
+
+A new task is a `PretextTask` module in its own file here, registered in `TASKS` (its config name); a task kept
+outside auxssl is named in configs by import path, ``module:Class`` (`auxssl.plugins`).
+"""
+
+from torch import nn
 
 from auxssl.tasks.base import ClassificationPretextTask, PretextTask
 from auxssl.tasks.jigsaw import JigsawPrediction, permute_tiles
 from auxssl.tasks.rotation import RotationPrediction, rotate
+
+#: The tasks a config names (``tasks: [{name: rotation}]``); the one list of them.
+TASKS: dict[str, type[nn.Module]] = {"rotation": RotationPrediction, "jigsaw": JigsawPrediction}
 
 __all__ = [
     "ClassificationPretextTask",
     "JigsawPrediction",
     "PretextTask",
     "RotationPrediction",
+    "TASKS",
     "permute_tiles",
     "rotate",
 ]
