@@ -107,6 +107,7 @@ for run in "$OUT"/*/; do
   name=$(basename "$run")
   mkdir -p "$RESULTS/runs/$name"
   cp "$run/run.json" "$run/config.yaml" "$run/metrics.jsonl" "$RESULTS/runs/$name/"
+  if [ -f "$run/probe.json" ]; then cp "$run/probe.json" "$RESULTS/runs/$name/"; fi  # probe_finished_runs.sh
 done
 python -m auxssl report "$RESULTS/runs" --out "$RESULTS/report" \
   --title "auxssl CPU study: CIFAR-10, ResNet-18 (width 16), 10k training images, 24 epochs"
