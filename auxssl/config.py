@@ -363,6 +363,9 @@ def validate(config: RunConfig) -> None:
                               ("optim.momentum", optim.momentum, "1)")):
         if not (0 <= value <= 1 and (upper == "1]" or value < 1)):
             raise ConfigError(f"{key}={value} must lie in [0, {upper}")
+    if evaluation.online_linear and config.model.method == "none":
+        raise ConfigError("eval.online_linear probes the features the base method computes from the views, and "
+                          "model.method=none computes none (it trains on its tasks alone); use the kNN or eval.linear")
     for key, (dataset, root) in {"data": (data.dataset, data.root), "eval": (evaluation.dataset, evaluation.root)}.items():
         if dataset == "folder" and not root:
             raise ConfigError(f"{key}.dataset=folder needs {key}.root: the folder of images (--set {key}.root=PATH)")

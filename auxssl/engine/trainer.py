@@ -190,27 +190,33 @@ def seed_everything(seed: int, deterministic: bool) -> None:
 
 
 class FeatureTap:
-    """Captures the first backbone output of a training forward (the base method's unrotated views) for the
-    online probe. It records only inside `capture()`, which the trainer opens around the training forward, so
-    evaluation passes and other calls of the backbone never reach the probe."""
+    """Captures the online backbone's first output *while the base method runs* (its unrotated views) for the
+    online probe: the base method's forward arms it and disarms it, so the auxiliary tasks' transformed copies,
+    which reach the same backbone after the base call, never do. It records only inside `capture()`, which the
+    trainer opens around the training forward, so evaluation passes and other calls never reach the probe."""
 
-    def __init__(self, backbone: nn.Module) -> None:
+    def __init__(self, backbone: nn.Module, base: nn.Module) -> None:
         self.features: Tensor | None = None
-        self._armed = False
-        self.handle = backbone.register_forward_hook(self._hook)
+        self._capturing = self._in_base = False
+        self.handles = [backbone.register_forward_hook(self._record),
+                        base.register_forward_pre_hook(lambda module, args: self._set_in_base(True)),
+                        base.register_forward_hook(lambda module, args, output: self._set_in_base(False))]
 
-    def _hook(self, module: nn.Module, args: Any, output: Tensor) -> None:
-        if self._armed and self.features is None:
+    def _set_in_base(self, value: bool) -> None:
+        self._in_base = value
+
+    def _record(self, module: nn.Module, args: Any, output: Tensor) -> None:
+        if self._capturing and self._in_base and self.features is None:
             self.features = output.detach()
 
     @contextlib.contextmanager
     def capture(self) -> Iterator[None]:
-        """Record the first backbone output produced inside this block (and nothing from before it)."""
-        self.features, self._armed = None, True
+        """Record the first backbone output of the base method inside this block (and nothing from before it)."""
+        self.features, self._capturing = None, True
         try:
             yield
         finally:
-            self._armed = False
+            self._capturing = self._in_base = False
 
     def take(self) -> Tensor | None:
         features, self.features = self.features, None
@@ -305,7 +311,7 @@ class Trainer:
                 raise InputError("eval.online_linear needs revealed labels: set data.reveal_labels > 0")
             num_classes = int(self.train_set.labels.max()) + 1
             self.online_probe = OnlineLinearProbe(feature_dim(self.model.backbone), num_classes).to(self.device)
-            self.tap = FeatureTap(self.model.backbone)
+            self.tap = FeatureTap(self.model.backbone, getattr(self.model, "base", self.model))
 
         self.step = 0
         self.epoch = 0

@@ -18,8 +18,9 @@ import torch
 from torch import nn
 from torchvision import models
 
+from auxssl import AuxWrapper, RotationPrediction
 from auxssl.cli import main
-from auxssl.config import load_config, save_config
+from auxssl.config import ConfigError, load_config, save_config
 from auxssl.data.datasets import ArrayDataset
 from auxssl.engine.build import RunDatasets
 from auxssl.engine.checkpoint import find_last_checkpoint, load_checkpoint
@@ -224,6 +225,23 @@ def test_online_probe_gets_only_the_current_training_features(tmp_path: Path) ->
     features, labels = received[0]
     assert torch.equal(labels, batch.label)
     torch.testing.assert_close(features, expected, rtol=1e-4, atol=1e-5)
+
+
+def test_the_online_probe_never_sees_the_tasks_transformed_copies(tmp_path: Path) -> None:
+    """The tap records the backbone only while the base method runs: a base method that encodes nothing (the
+    tasks-alone control) leaves it empty, where it used to hand the probe the first *rotated* copies; and such a
+    run asking for the online probe is refused before training."""
+    from auxssl.engine.trainer import FeatureTap
+    from baselines import NoBaseLoss
+
+    model = AuxWrapper(NoBaseLoss(build_backbone("resnet10", cifar_stem=True, width=8)), [RotationPrediction()])
+    tap = FeatureTap(model.backbone, model.base)
+    with tap.capture():
+        model([torch.rand(4, 3, 16, 16), torch.rand(4, 3, 16, 16)])
+    assert tap.take() is None
+    with pytest.raises(ConfigError, match="model.method=none computes none"):
+        load_config(None, tiny(tmp_path, "none", "model.method=none", "eval.online_linear=true",
+                               "data.reveal_labels=1.0"))
 
 
 def test_tau_schedule_runs_to_the_methods_final_tau(tmp_path: Path) -> None:
