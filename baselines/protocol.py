@@ -62,7 +62,7 @@ class Batch:
         return self.views[: self.num_global]
 
     def to(self, device: torch.device | str, non_blocking: bool = False) -> Batch:
-        """Move every tensor of the batch to ``device``."""
+        """Move every tensor of the batch to ``device`` (tensors in ``extra`` included)."""
 
         def move(t: Tensor | None) -> Tensor | None:
             return None if t is None else t.to(device, non_blocking=non_blocking)
@@ -75,7 +75,8 @@ class Batch:
             positive_weight=move(self.positive_weight),
             negative_weight=move(self.negative_weight),
             crop_boxes=move(self.crop_boxes),
-            extra=dict(self.extra),
+            extra={k: v.to(device, non_blocking=non_blocking) if isinstance(v, Tensor) else v
+                   for k, v in self.extra.items()},
         )
 
 

@@ -17,8 +17,9 @@ from baselines.protocol import Batch
 def inject_false_positives(batch: Batch, probability: float, true_labels: Tensor | None,
                            generator: torch.Generator) -> Tensor:
     """Replace, with ``probability`` per sample, the second view by the second view of another image of the batch
-    — of another class where both true labels are known. Modifies ``batch.views[1]``; returns the ``(B,)`` mask of
-    injected samples (a sample without any eligible donor keeps its own view).
+    — of another class where both true labels are known. Modifies ``batch.views[1]`` and the second view's crop
+    boxes (``batch.crop_boxes[1]``: the box travels with its view); returns the ``(B,)`` mask of injected samples
+    (a sample without any eligible donor keeps its own view).
     """
     n = batch.size
     cpu = torch.device("cpu")
@@ -36,6 +37,10 @@ def inject_false_positives(batch: Batch, probability: float, true_labels: Tensor
         second = batch.views[1].clone()
         second[rows.to(second.device)] = batch.views[1][donor[rows].to(second.device)]
         batch.views[1] = second
+        if batch.crop_boxes is not None:
+            boxes = batch.crop_boxes.clone()
+            boxes[1, rows.to(boxes.device)] = batch.crop_boxes[1, donor[rows].to(boxes.device)]
+            batch.crop_boxes = boxes
     return injected
 
 

@@ -189,6 +189,26 @@ def test_fp_injection_rate_matches_q_within_a_binomial_tolerance() -> None:
     assert abs(injected_total / samples - 0.2) < 4 * sigma
 
 
+def test_an_injected_view_brings_its_crop_box() -> None:
+    """fp injection swaps a sample's second view for another image's: that view's crop box moves with it (it
+    stayed behind before, describing a crop the sample no longer has)."""
+    from auxssl.noise.positives import inject_false_positives
+
+    batch = Batch([torch.arange(8.0)[:, None, None, None].expand(8, 3, 2, 2).clone() for _ in range(2)],
+                  crop_boxes=torch.stack([torch.rand(8, 4), torch.arange(8.0)[:, None].expand(8, 4)]))
+    first_boxes = batch.crop_boxes[0].clone()
+    injected = inject_false_positives(batch, 0.5, None, torch.Generator().manual_seed(0))
+    assert injected.any() and not injected.all()
+    source = batch.views[1][:, 0, 0, 0]  # which image's second view each sample now holds
+    assert torch.equal(batch.crop_boxes[1][:, 0], source) and torch.equal(batch.crop_boxes[0], first_boxes)
+    assert torch.equal(source != torch.arange(8.0), injected)
+
+
+def test_batch_to_moves_extra_tensors() -> None:
+    moved = Batch([torch.zeros(2, 3, 4, 4)] * 2, extra={"flip": torch.ones(2), "note": "kept"}).to("meta")
+    assert moved.extra["flip"].device.type == "meta" and moved.extra["note"] == "kept"
+
+
 def test_knobs_off_leave_loss_and_gradients_bit_identical(tiny_backbone) -> None:
     torch.manual_seed(0)
     simclr = METHODS["simclr"](tiny_backbone, proj_hidden_dim=16, proj_dim=8)
