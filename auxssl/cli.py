@@ -35,7 +35,7 @@ def _eval(args: argparse.Namespace) -> int:
     from auxssl.engine.build import random_subset
     from auxssl.engine.precision import resolve_device
     from auxssl.eval.knn import KNNProtocol
-    from auxssl.eval.linear import ProbeConfig
+    from auxssl.eval.linear import ProbeConfig, linear_probe_augmented
     from auxssl.eval.offline import evaluate_backbone, load_backbone
     from auxssl.eval.semisup import SemiSupervisedConfig, finetune_semisupervised
 
@@ -69,11 +69,18 @@ def _eval(args: argparse.Namespace) -> int:
     mlp = ProbeConfig(epochs=args.probe_epochs, hidden_dim=args.mlp_hidden) if args.mlp else None
     results: dict = evaluate_backbone(backbone, train, test, knn=knn, linear=linear, mlp=mlp, device=device,
                                       image_size=size)
+    if args.linear_augmented:
+        results.update(linear_probe_augmented(backbone, train, test, ProbeConfig(epochs=args.probe_epochs), device,
+                                              image_size=size))
     split = f" ({test.description})" if test.description else ""
     protocol = "the run's own dataset and subsets" if own else f"dataset {dataset}"
     results["protocol"] = {"data": f"features at {size} px ({size_source}); {protocol}; bank: {len(train)} training "
                                    f"images; test: {len(test)} images{split}",
                            "knn": knn.describe(), **({"linear": linear.describe()} if linear else {}),
+                           **({"linear_aug": "linear layer on the frozen backbone, trained on fresh random-resized "
+                                             "crops (0.08-1) and flips every epoch; " + ProbeConfig(
+                                                 epochs=args.probe_epochs).describe().split("; ", 1)[1]}
+                              if args.linear_augmented else {}),
                            **({"mlp": mlp.describe()} if mlp else {})}
     semisup = {}
     for fraction in args.semisup:
@@ -311,6 +318,9 @@ def build_parser() -> argparse.ArgumentParser:
     ev.add_argument("--k", type=int, default=200, help="kNN neighbours (default 200)")
     ev.add_argument("--temperature", type=float, default=0.1, help="kNN vote temperature (default 0.1)")
     ev.add_argument("--linear", action="store_true", help="also train the standard linear probe")
+    ev.add_argument("--linear-augmented", action="store_true",
+                    help="also train the augmented linear probe (the paper's protocol: fresh random-resized crops "
+                         "and flips every epoch through the frozen backbone; a backbone pass per image and epoch)")
     ev.add_argument("--mlp", action="store_true", help="also train the non-linear (MLP) probe")
     ev.add_argument("--mlp-hidden", type=int, default=1024, help="hidden width of the MLP probe (default 1024)")
     ev.add_argument("--probe-epochs", type=int, default=100, help="epochs of the linear / MLP probes (default 100)")

@@ -81,7 +81,7 @@ class TrainConfig:
     log_every_steps: int = 20  # at least 1 (a record is also written at every epoch end)
     checkpoint_every_steps: int = 0  # 0: only at epoch ends
     checkpoint_every_epochs: int = 1  # 0: no periodic epoch-end checkpoints; the final one is always written
-    collapse_threshold: float = 0.2  # warn when stat/z_std · sqrt(dim) falls below this
+    collapse_threshold: float = 0.2  # warn when stat/z_std (per-dim std of normalised embeddings × √D; ≈1 healthy) is below
     progress: bool = True
 
 

@@ -57,10 +57,6 @@ class Batch:
         """Number of samples (not views) in the batch."""
         return self.views[0].shape[0]
 
-    @property
-    def global_views(self) -> list[Tensor]:
-        return self.views[: self.num_global]
-
     def to(self, device: torch.device | str, non_blocking: bool = False) -> Batch:
         """Move every tensor of the batch to ``device`` (tensors in ``extra`` included)."""
 

@@ -120,12 +120,6 @@ def ffcv_gaussian_noise(image_size: int = 32, noise_std: float = 0.1) -> Recipe:
     return Recipe("ffcv_gaussian_noise", (view, view), description=ffcv_gaussian_noise.__doc__ or "")
 
 
-def evaluation(image_size: int = 32) -> Recipe:
-    """The evaluation transform: resize to ``image_size`` and normalise, nothing random (one view)."""
-    view = ViewSpec(size=image_size, scale=None, flip_p=0.0, jitter_p=0.0, grayscale_p=0.0)
-    return Recipe("eval", (view,), num_global=1, description=evaluation.__doc__ or "")
-
-
 def linear_eval(image_size: int = 32) -> Recipe:
     """The augmented linear-probe protocol: random resized crop 0.08–1 and horizontal flip, one view."""
     view = ViewSpec(size=image_size, jitter_p=0.0, grayscale_p=0.0)
@@ -141,7 +135,6 @@ RECIPES = {
     "swav_multicrop": swav_multicrop,
     "ffcv_crop_grayscale": ffcv_crop_grayscale,
     "ffcv_gaussian_noise": ffcv_gaussian_noise,
-    "eval": evaluation,
     "linear_eval": linear_eval,
 }
 

@@ -64,15 +64,11 @@ OPTIMIZERS = ("sgd", "lars", "adamw")
 def build_optimizer(param_groups: list[dict[str, Any]], name: str, lr: float, weight_decay: float, momentum: float,
                     lars_eta: float = 0.02, betas: tuple[float, float] = (0.9, 0.999),
                     lars_clip_lr: bool = True) -> torch.optim.Optimizer:
-    """An optimiser over ``param_groups``; groups keep their own ``weight_decay`` (0 for bias/norm groups).
-
-    Every group remembers its initial weight decay as ``base_weight_decay`` so schedules can rescale it.
-    """
+    """An optimiser over ``param_groups``; groups keep their own ``weight_decay`` (0 for bias/norm groups)."""
     groups = []
     for group in param_groups:
         g = {k: v for k, v in group.items()}
         g.setdefault("weight_decay", weight_decay)
-        g["base_weight_decay"] = g["weight_decay"]
         if name != "lars":
             g.pop("lars_exclude", None)
         groups.append(g)

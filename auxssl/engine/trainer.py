@@ -647,7 +647,7 @@ class Trainer:
         records = read_metrics(self.run_dir, "eval")
         if not records:
             return {}
-        bookkeeping = {"kind", "epoch", "step", "images_seen", "train_time_s", "train_cpu_s", "time"}
+        bookkeeping = {"kind", "epoch", "step", "images_seen", "train_time_s", "train_cpu_s"}
         return {k: v for k, v in records[-1].items() if k not in bookkeeping}
 
     def _evaluates_after(self, epoch: int) -> bool:

@@ -144,17 +144,22 @@ def linear_probe_augmented(
 ) -> dict[str, float]:
     """The paper-exact protocol: a linear layer on the frozen backbone, trained on fresh random-resized crops
     (scale 0.08–1) and flips every epoch (the backbone stays in eval mode); tested on evaluation-transform
-    features. Costs a backbone forward per training image per epoch. Images held in memory are augmented in
+    features. Features are standardised with the training split's evaluation-transform statistics, as in the
+    standard probe. Costs a backbone forward per training image per epoch. Images held in memory are augmented in
     batches (tensor backend); others are streamed (torchvision backend), so memory stays bounded by a batch."""
     labelled = ImageSubset(train, np.flatnonzero(np.asarray(train.labels) >= 0))
     backend = "tensor" if train.in_memory else "torchvision"
     loader = build_loader(backend, labelled, get_recipe("linear_eval", image_size), config.batch_size,
                           labels=labelled.labels, device=device, seed=config.seed, drop_last=False)
     test_x, test_y = extract_features(backbone, test, device=device, image_size=image_size)
+    # standardised with the training split's statistics under the evaluation transform, as the standard probe is
+    train_x, _ = extract_features(backbone, labelled, device=device, image_size=image_size)
+    standardise = Standardise(train_x.mean(dim=0), train_x.std(dim=0).clamp_min(1e-6))
     num_classes = int(max(train.labels.max(), test_y.max())) + 1
-    torch.manual_seed(config.seed)
-    head = nn.Linear(test_x.shape[1], num_classes).to(device)
-    optimizer = torch.optim.SGD(head.parameters(), lr=config.lr, momentum=config.momentum, nesterov=True,
+    with torch.random.fork_rng(devices=[]):  # the head's initialisation is seeded; the caller's stream untouched
+        torch.manual_seed(config.seed)
+        head = nn.Sequential(standardise, nn.Linear(test_x.shape[1], num_classes)).to(device)
+    optimizer = torch.optim.SGD(head[1].parameters(), lr=config.lr, momentum=config.momentum, nesterov=True,
                                 weight_decay=config.weight_decay)
     schedule = cosine_lr(optimizer, config.epochs * len(loader))
     was_training = backbone.training

@@ -227,3 +227,17 @@ def test_views_get_their_own_batch_norm_statistics_in_training_as_in_solo_learn(
     joint = encode_views(tiny_backbone, views, together=True)
     torch.testing.assert_close(torch.cat(joint), tiny_backbone(torch.cat(views)))
     assert not torch.allclose(joint[0], separate[0])
+
+
+def test_vicreg_trains_on_the_vicreg_loss_the_readme_names() -> None:
+    """VICReg.forward weights its three terms exactly as `vicreg_loss` (25, 25, 1) does on its embeddings."""
+    from baselines import VICReg
+    from baselines.losses import vicreg_loss
+
+    torch.manual_seed(0)
+    backbone = nn.Sequential(nn.Conv2d(3, 4, 3), nn.AdaptiveAvgPool2d(1), nn.Flatten())
+    backbone.feature_dim = 4
+    model = VICReg(backbone, proj_hidden_dim=16, proj_dim=8)
+    views = [torch.rand(6, 3, 8, 8), torch.rand(6, 3, 8, 8)]
+    z1, z2 = (model.projector(backbone(v)) for v in views)
+    torch.testing.assert_close(model(views)["loss"], vicreg_loss(z1, z2, 25.0, 25.0, 1.0))

@@ -16,8 +16,6 @@ from auxssl.data.loaders.torchvision_loader import TorchvisionLoader, torchvisio
 from auxssl.data.recipes import Recipe
 
 BACKENDS = ("torchvision", "tensor", "ffcv")
-#: The value of ``data.backend`` that chooses between them (`choose_backend`).
-AUTO = "auto"
 
 
 def beton_cache_path(dataset: ImageDataset, size: int | None) -> Path:

@@ -13,6 +13,8 @@ from PIL import Image
 from auxssl.data import (
     CorruptImageError,
     FolderDataset,
+    Recipe,
+    ViewSpec,
     balanced_subset,
     build_loader,
     cifar10_jpg,
@@ -77,7 +79,7 @@ def test_image_folder_labels_and_corrupt_files(image_folder: Path) -> None:
 
 def test_loader_skips_corrupt_files_without_shifting_labels(image_folder: Path) -> None:
     ds = FolderDataset(image_folder)
-    recipe = get_recipe("eval", 8)
+    recipe = Recipe("plain", (ViewSpec(size=8, scale=None, flip_p=0.0, jitter_p=0.0, grayscale_p=0.0),), num_global=1)
     loader = build_loader("torchvision", ds, recipe, 6, labels=ds.labels, num_workers=0, shuffle=False, drop_last=False)
     batches = list(loader)  # the truncated image's place is taken by the next image: the batch keeps its size
     assert loader.skipped == 1 and batches[0].extra["skipped"] == 1 and batches[0].size == 6
