@@ -39,7 +39,8 @@ def _eval(args: argparse.Namespace) -> int:
     from auxssl.eval.offline import evaluate_backbone, load_backbone
     from auxssl.eval.semisup import SemiSupervisedConfig, finetune_semisupervised
 
-    if args.k < 1 or args.temperature <= 0 or args.probe_epochs < 1 or (args.image_size is not None and args.image_size < 1):
+    bad_size = args.image_size is not None and args.image_size < 1
+    if args.k < 1 or args.temperature <= 0 or args.probe_epochs < 1 or bad_size:
         raise UserError("--k, --probe-epochs and --image-size must be positive and --temperature above 0")
     if any(not 0 < f < 1 for f in args.semisup):
         raise UserError(f"--semisup fractions must lie in (0, 1), got {args.semisup}")
@@ -178,7 +179,8 @@ def _quickstart(args: argparse.Namespace) -> int:
         try:
             final = train(config, resume=(config.run_dir / "run.json").exists())
         except ResumeMismatchError as err:
-            raise UserError(f"{config.run_dir} holds a quickstart run with other settings ({'; '.join(err.differences)}); "
+            differences = "; ".join(err.differences)
+            raise UserError(f"{config.run_dir} holds a quickstart run with other settings ({differences}); "
                             f"choose another --output-dir for a new one, or delete {config.run_dir}") from None
         print(f"[quickstart] {name}: " + ", ".join(f"{k} {v:.2f}" for k, v in final.items()), flush=True)
         runs.append(config.run_dir)

@@ -28,8 +28,10 @@ class DataConfig:
     dataset: str = "digits"  # see auxssl.data.DATASETS
     root: str | None = None
     download: bool = False
-    backend: str = "auto"  # auto | torchvision | tensor | ffcv (auto: tensor when the decoded data fit memory_budget_gb)
-    memory_budget_gb: float | None = None  # for backend auto and evaluation caching; None: a quarter of the device's memory
+    # auto | torchvision | tensor | ffcv (auto: tensor when the decoded data fit memory_budget_gb)
+    backend: str = "auto"
+    # for backend auto and evaluation caching; None: a quarter of the device's memory
+    memory_budget_gb: float | None = None
     recipe: str = "simclr"  # see auxssl.data.RECIPES
     image_size: int = 32
     batch_size: int = 256
@@ -81,7 +83,8 @@ class TrainConfig:
     log_every_steps: int = 20  # at least 1 (a record is also written at every epoch end)
     checkpoint_every_steps: int = 0  # 0: only at epoch ends
     checkpoint_every_epochs: int = 1  # 0: no periodic epoch-end checkpoints; the final one is always written
-    collapse_threshold: float = 0.2  # warn when stat/z_std (per-dim std of normalised embeddings × √D; ≈1 healthy) is below
+    # warn when stat/z_std (per-dimension std of normalised embeddings × √D; ≈ 1 healthy) falls below this
+    collapse_threshold: float = 0.2
     progress: bool = True
 
 
@@ -94,7 +97,8 @@ class EvalConfig:
     test_subset: int | None = None  # evaluate on a fixed random sample of N test images (quick runs); None: all
     image_size: int | None = None  # side at which features are extracted; None: data.image_size (the training size)
     precision: str = "auto"  # feature extraction: auto (bf16 where native, else fp32) | fp32 | bf16
-    bank: str = "train"  # kNN bank / probe training set: "train" (the training images, data.train_subset if set) | "full_train"
+    # kNN bank / probe training set: "train" (the training images, data.train_subset if set) | "full_train"
+    bank: str = "train"
     knn_k: int = 200
     knn_temperature: float = 0.1
     linear: bool = False  # offline linear probe at the final evaluation
@@ -196,7 +200,8 @@ def _coerce(value: Any, annotation: Any, where: str) -> Any:
             return float(value)
         except ValueError:
             pass
-    if annotation in (int, str, bool) and isinstance(value, annotation) and not (annotation is int and isinstance(value, bool)):
+    a_bool_for_an_int = annotation is int and isinstance(value, bool)
+    if annotation in (int, str, bool) and isinstance(value, annotation) and not a_bool_for_an_int:
         return value
     raise ConfigError(f"{where.rstrip('.')}: expected {getattr(annotation, '__name__', annotation)}, got {value!r}")
 
@@ -359,14 +364,16 @@ def validate(config: RunConfig) -> None:
     for key, value in positive.items():
         if not value > 0:
             raise ConfigError(f"{key}={value} must be positive")
-    for key, value, upper in (("data.reveal_labels", data.reveal_labels, "1]"), ("optim.min_lr_ratio", optim.min_lr_ratio, "1]"),
+    for key, value, upper in (("data.reveal_labels", data.reveal_labels, "1]"),
+                              ("optim.min_lr_ratio", optim.min_lr_ratio, "1]"),
                               ("optim.momentum", optim.momentum, "1)")):
         if not (0 <= value <= 1 and (upper == "1]" or value < 1)):
             raise ConfigError(f"{key}={value} must lie in [0, {upper}")
     if evaluation.online_linear and config.model.method == "none":
         raise ConfigError("eval.online_linear probes the features the base method computes from the views, and "
                           "model.method=none computes none (it trains on its tasks alone); use the kNN or eval.linear")
-    for key, (dataset, root) in {"data": (data.dataset, data.root), "eval": (evaluation.dataset, evaluation.root)}.items():
+    roots = {"data": (data.dataset, data.root), "eval": (evaluation.dataset, evaluation.root)}
+    for key, (dataset, root) in roots.items():
         if dataset == "folder" and not root:
             raise ConfigError(f"{key}.dataset=folder needs {key}.root: the folder of images (--set {key}.root=PATH)")
     validate_views(config)

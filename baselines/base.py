@@ -32,7 +32,8 @@ def split_weight_decay(named_params: Iterable[tuple[str, nn.Parameter]], **extra
     return [g for g in groups if g["params"]]
 
 
-def encode_views(encoder: nn.Module | Sequence[nn.Module], views: Sequence[Tensor], together: bool = False) -> list[Tensor]:
+def encode_views(encoder: nn.Module | Sequence[nn.Module], views: Sequence[Tensor],
+                 together: bool = False) -> list[Tensor]:
     """Run ``views`` through ``encoder`` (a module, or modules applied in turn).
 
     By default each view gets its own call, so batch norms normalise each view with its own statistics, as in

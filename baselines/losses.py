@@ -2,8 +2,8 @@
 
 Conventions: inputs are ``(N, D)`` embeddings of the N samples of one view each; every loss is computed in
 at least float32 whatever autocast is active (`full_precision` turns autocast off inside the loss and upcasts
-half-precision inputs; float64 inputs stay float64); targets that the method treats as constants are detached here too, so
-the functions are safe to call on outputs that still carry gradients. Losses whose denominators contain
+half-precision inputs; float64 inputs stay float64); targets that the method treats as constants are detached here
+too, so the functions are safe to call on outputs that still carry gradients. Losses whose denominators contain
 negatives accept ``negative_weight`` (0 removes a pair, values in between down-weight it); losses over
 positive pairs accept ``weight`` per pair. Both are hooks for noise control of false negatives/positives.
 """
@@ -19,7 +19,6 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from baselines.distributed import all_reduce_, world_size
-
 
 F_ = TypeVar("F_", bound=Callable[..., Any])
 

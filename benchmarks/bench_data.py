@@ -83,7 +83,8 @@ def main() -> None:
         results["train_step_img_s"] = round(step, 1)
         results["train_step_precision"] = precision
         results["ratio_best_vs_train_step"] = round(results[f"{best}_img_s"] / step, 2)
-        print(f"train step   {step:8.1f} images/s (BYOL ResNet-18, {precision}, channels_last, batch {args.step_batch_size})")
+        print(f"train step   {step:8.1f} images/s (BYOL ResNet-18, {precision}, channels_last, "
+              f"batch {args.step_batch_size})")
     print(json.dumps(results))
 
 

@@ -79,7 +79,8 @@ def main() -> None:
     start = time.perf_counter()
     knn_scores(bank, torch.randint(0, 10, (TRAIN_IMAGES,)), queries, k=200, num_classes=10)
     knn_s = time.perf_counter() - start
-    step = step_rate("byol", dtype, args.step_batch_size, 2, device) if args.backbone == "resnet18" and args.width == 64 else None
+    standard = args.backbone == "resnet18" and args.width == 64
+    step = step_rate("byol", dtype, args.step_batch_size, 2, device) if standard else None
 
     extraction_s = (TRAIN_IMAGES + TEST_IMAGES) / rates["extract"]
     results = {

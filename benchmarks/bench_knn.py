@@ -103,7 +103,8 @@ def main() -> None:
     for kind in args.features:
         bank, bank_labels, queries, query_labels = feature_sets(kind, args, rng)
         figures = time_knn(bank, bank_labels, queries, query_labels, args)
-        print(f"[{kind}] dim {bank.shape[1]}: bare GEMM {figures['gemm_s']:.2f} s; auxssl kNN {figures['auxssl_s']:.2f} s "
+        print(f"[{kind}] dim {bank.shape[1]}: bare GEMM {figures['gemm_s']:.2f} s; "
+              f"auxssl kNN {figures['auxssl_s']:.2f} s "
               f"= {figures['knn_vs_gemm']:.3f}× the GEMM ({figures['scan']} scan), fp32 scan "
               f"{figures['knn_fp32_scan_vs_gemm']:.3f}×; votes differ by ≤ {figures['max_vote_diff']:.1e} of a "
               f"query's total, identical predictions {100 * figures['same_top1_as_fp32_scan']:.2f}%", flush=True)

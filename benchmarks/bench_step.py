@@ -84,7 +84,9 @@ def build(name: str, device: torch.device) -> tuple[nn.Module, Callable[[list[Te
         if name.startswith("byol_rotation"):
             model = AuxWrapper(model, [RotationPrediction(weight=0.1, size=16 if name.endswith("16") else None)])
         params = model.param_groups()
-        loss_of = lambda views: model(views)["loss"]
+
+        def loss_of(views: list[Tensor]) -> Tensor:
+            return model(views)["loss"]
     model.to(device, memory_format=torch.channels_last)
     return model, loss_of, torch.optim.SGD(params, lr=0.05, momentum=0.9)
 

@@ -60,7 +60,8 @@ def main() -> None:
     args = parser.parse_args()
     common = [f"data.dataset={args.dataset}", f"data.batch_size={args.batch_size}", f"data.recipe={args.recipe}"]
     columns = ("noise/fn_rate_raw", "noise/fn_rate", "noise/fp_rate")
-    lines = [f"{args.dataset}, batch {args.batch_size}, recipe {args.recipe}, {args.batches} batches (mean ± std over batches)",
+    lines = [f"{args.dataset}, batch {args.batch_size}, recipe {args.recipe}, {args.batches} batches "
+             "(mean ± std over batches)",
              "", "| setting | " + " | ".join(columns) + " |", "| --- |" + " --- |" * len(columns)]
     for name in args.settings:
         rates = measure(common + SETTINGS[name], args.batches)

@@ -149,7 +149,7 @@ def report(runs: list[dict]) -> str:
         out.append(f"| {label} | {e_hit:.1f} | {BASELINE_EPOCHS / e_hit:.2f}× | {c_hit:.1f} | {base_cost / c_hit:.2f}× "
                    f"| {'; '.join(seeds)} |")
     machines = sorted({r["machine"] for r in runs})
-    out += ["", f"Cost unit (CPU seconds of one BYOL epoch, median per machine): " + "; ".join(
+    out += ["", "Cost unit (CPU seconds of one BYOL epoch, median per machine): " + "; ".join(
         f"{m}: {statistics.median(r['cpu_s'] / r['epochs'] for r in base_runs if r['machine'] == m):.1f} s"
         for m in machines) + "."]
     return "\n".join(out)

@@ -35,7 +35,8 @@ def rows(folder: Path) -> list[dict]:
 
 def main() -> None:
     found = rows(Path(sys.argv[1]))
-    print("| arm | epochs | seed | final kNN top-1 (%) | training CPU time (s) | wall-clock (s) | kNN at epochs 0, 2, 4, … |")
+    print("| arm | epochs | seed | final kNN top-1 (%) | training CPU time (s) | wall-clock (s) "
+          "| kNN at epochs 0, 2, 4, … |")
     print("| --- | --- | --- | --- | --- | --- | --- |")
     for r in found:
         curve = " / ".join(f"{v:.1f}" for _, v in sorted(r["curve"].items()))

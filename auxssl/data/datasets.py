@@ -203,7 +203,8 @@ def image_files(root: Path) -> list[Path]:
             continue
         seen.add(real)
         subfolders[:] = [d for d in subfolders if not d.startswith(".")]
-        files += [Path(folder) / n for n in names if not n.startswith(".") and Path(n).suffix.lower() in IMAGE_EXTENSIONS]
+        files += [Path(folder) / n for n in names
+                  if not n.startswith(".") and Path(n).suffix.lower() in IMAGE_EXTENSIONS]
     return sorted(files)
 
 
@@ -219,10 +220,13 @@ def read_layout(root: Path, files: Sequence[Path]) -> tuple[bool, str]:
         return False, (f"unlabelled: {_count(loose, 'image')} directly in {root} (a labelled folder keeps every image "
                        "inside a class folder, root/<class>/…)")
     if len(classes) < 2:
-        return False, f"unlabelled: every image is in the single folder {root / classes[0]} (labels need 2+ class folders)"
+        return False, (f"unlabelled: every image is in the single folder {root / classes[0]} "
+                       "(labels need 2+ class folders)")
     nested = sum(len(p) > 2 for p in parts)
     text = f"labelled: {len(classes)} classes (the folders in {root})"
-    return True, text + (f"; {_count(nested, 'image')} in nested sub-folders labelled by their class folder" if nested else "")
+    if nested:
+        text += f"; {_count(nested, 'image')} in nested sub-folders labelled by their class folder"
+    return True, text
 
 
 def _count(n: int, noun: str) -> str:
@@ -524,7 +528,8 @@ def extract_archive(archive: str | Path, cache_dir: str | Path | None = None) ->
     return target
 
 
-def cifar10_jpg(split: str = "train", archive: str | Path | None = None, cache_dir: str | Path | None = None) -> FolderDataset:
+def cifar10_jpg(split: str = "train", archive: str | Path | None = None,
+                cache_dir: str | Path | None = None) -> FolderDataset:
     """The real CIFAR-10 as JPEGs in ImageFolder layout (the project's shared archive), extracted once."""
     if split not in ("train", "test"):
         raise InputError(f"cifar10_jpg has splits 'train' and 'test', not {split!r}")
@@ -593,7 +598,8 @@ def digits(split: str = "train", size: int = 32, test_fraction: float = 0.2) -> 
     rgb = images[idx].astype(np.float64) / 255.0
     mean = tuple(float(m) for m in rgb.mean(axis=(0, 1, 2)))
     std = tuple(float(s) for s in rgb.std(axis=(0, 1, 2)))
-    return ArrayDataset(np.ascontiguousarray(images[idx]), bunch.target[idx], [str(d) for d in range(10)], "digits", mean, std)
+    classes = [str(d) for d in range(10)]
+    return ArrayDataset(np.ascontiguousarray(images[idx]), bunch.target[idx], classes, "digits", mean, std)
 
 
 DATASETS = ("cifar10", "cifar100", "stl10", "cifar10_jpg", "digits", "folder")

@@ -104,7 +104,8 @@ def swav_multicrop(image_size: int = 32, num_local: int = 6) -> Recipe:
     global_view = ViewSpec(size=image_size, scale=(0.14, 1.0), jitter=jitter, blur_p=0.5)
     local_view = ViewSpec(size=_local_size(image_size), scale=(0.05, 0.14), jitter=jitter, blur_p=0.5)
     return Recipe(
-        "swav_multicrop", (global_view, global_view) + (local_view,) * num_local, description=swav_multicrop.__doc__ or ""
+        "swav_multicrop", (global_view, global_view) + (local_view,) * num_local,
+        description=swav_multicrop.__doc__ or "",
     )
 
 

@@ -19,7 +19,6 @@ from auxssl.plugins import method_class, task_class
 from auxssl.wrapper import AuxWrapper
 from baselines import build_backbone
 
-
 #: Seed of the fixed random subsets (``data.train_subset``, ``eval.test_subset``): the same for every run.
 SUBSET_SEED = 0
 

@@ -141,4 +141,5 @@ def load_checkpoint(path: str | Path) -> dict[str, Any]:
             f"{str(err).splitlines()[0]}"
         ) from err
     except (RuntimeError, EOFError) as err:
-        raise UnsafeCheckpointError(f"{path} is not a readable checkpoint (truncated or another format): {err}") from err
+        raise UnsafeCheckpointError(
+            f"{path} is not a readable checkpoint (truncated or another format): {err}") from err

@@ -24,7 +24,8 @@ class TensorBoardSink:
         try:
             from torch.utils.tensorboard import SummaryWriter
         except ImportError as err:
-            raise InputError('logging.tensorboard needs the tensorboard package: pip install -e ".[tensorboard]"') from err
+            raise InputError(
+                'logging.tensorboard needs the tensorboard package: pip install -e ".[tensorboard]"') from err
         self.writer = SummaryWriter(str(run_dir / "tensorboard"))
 
     def log(self, kind: str, metrics: dict[str, float], step: int) -> None:

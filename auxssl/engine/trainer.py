@@ -154,7 +154,8 @@ class CheckpointedStage(nn.Sequential):
 
 
 def enable_activation_checkpointing(backbone: nn.Module) -> None:
-    stages = [n for n in ("layer1", "layer2", "layer3", "layer4", "trunk_output") if isinstance(getattr(backbone, n, None), nn.Sequential)]
+    stages = [n for n in ("layer1", "layer2", "layer3", "layer4", "trunk_output")
+              if isinstance(getattr(backbone, n, None), nn.Sequential)]
     if not stages:
         raise InputError("activation checkpointing supports torchvision ResNet and RegNet backbones")
     for name in stages:
@@ -280,10 +281,12 @@ class Trainer:
         self.steps_per_epoch = len(self.loader)
         if self.steps_per_epoch == 0:
             readable = len(self.train_set) - getattr(self.loader, "skipped", 0)
+            where = "" if self.dist.world_size == 1 else f" of this process ({self.dist.world_size} processes)"
             raise InputError(f"data.batch_size={config.data.batch_size} exceeds the {readable} readable training "
-                             f"images{'' if self.dist.world_size == 1 else f' of this process ({self.dist.world_size} processes)'}")
+                             f"images{where}")
         self.total_steps = config.train.epochs * self.steps_per_epoch
-        self.lr_schedule = warmup_cosine(self.base_lr, self.total_steps, round(optim.warmup_epochs * self.steps_per_epoch),
+        warmup_steps = round(optim.warmup_epochs * self.steps_per_epoch)
+        self.lr_schedule = warmup_cosine(self.base_lr, self.total_steps, warmup_steps,
                                          self.base_lr * optim.min_lr_ratio)
         base_tau = getattr(self.model, "base_tau", None)
         final_tau = getattr(self.model, "final_tau", 1.0)
@@ -324,7 +327,8 @@ class Trainer:
         if resume:
             self._resume(None if resume is True else Path(resume), allow_config_change)
         elif self.dist.is_main and (self.run_dir / "metrics.jsonl").exists():
-            raise FileExistsError(f"{self.run_dir} already holds a run: pass --resume to continue it or choose another name")
+            raise FileExistsError(
+                f"{self.run_dir} already holds a run: pass --resume to continue it or choose another name")
         elif init is not None:
             self._initialise_backbone(Path(init))
         if self.dist.is_main:
@@ -336,7 +340,8 @@ class Trainer:
             if not (resume and (self.run_dir / RUN_INFO).exists()) or self._config_changed:
                 save_config(config, self.run_dir / "config.yaml")
                 write_run_info(self.run_dir, self.run_info())
-        self.sinks = build_sinks(config.logging, self.run_dir, config.name, to_dict(config)) if self.dist.is_main else []
+        self.sinks = (build_sinks(config.logging, self.run_dir, config.name, to_dict(config))
+                      if self.dist.is_main else [])
 
     # ------------------------------------------------------------------------------------------ bookkeeping
     def skipped_images(self) -> list[str]:
@@ -363,7 +368,8 @@ class Trainer:
         protocol = {"data": data_text, "knn": self.knn_protocol.describe()}
         evaluation: dict[str, dict[str, Any]] = {"data": data, "knn": dataclasses.asdict(self.knn_protocol)}
         if self.no_evaluation is not None:  # nothing is evaluated: say why instead of describing evaluators
-            protocol, evaluation = {"data": f"no evaluation: {self.no_evaluation}"}, {"data": {"none": self.no_evaluation}}
+            protocol = {"data": f"no evaluation: {self.no_evaluation}"}
+            evaluation = {"data": {"none": self.no_evaluation}}
         elif cfg.eval.linear:
             protocol["linear"] = ProbeConfig().describe()
             evaluation["linear"] = dataclasses.asdict(ProbeConfig())
@@ -608,7 +614,8 @@ class Trainer:
                             self._log("train", metrics)
                             self._watch_collapse(metrics)
                             if progress is not None:
-                                progress.set_postfix(loss=f"{metrics['loss']:.3f}", img_s=f"{metrics['images_per_s']:.0f}")
+                                progress.set_postfix(loss=f"{metrics['loss']:.3f}",
+                                                     img_s=f"{metrics['images_per_s']:.0f}")
                             window.reset()
                             last_log, images_at_log = now, self.images_seen
                         if cfg.checkpoint_every_steps and self.step % cfg.checkpoint_every_steps == 0:
@@ -629,7 +636,8 @@ class Trainer:
                         self._log("eval", final)
                         self.model.train()
                         if progress is not None:
-                            progress.write(f"epoch {self.epoch}: " + ", ".join(f"{k} {v:.2f}" for k, v in final.items()))
+                            summary = ", ".join(f"{k} {v:.2f}" for k, v in final.items())
+                            progress.write(f"epoch {self.epoch}: {summary}")
                     if last or (cfg.checkpoint_every_epochs and self.epoch % cfg.checkpoint_every_epochs == 0):
                         self.save_checkpoint()
         finally:
@@ -659,8 +667,8 @@ class Trainer:
     def _watch_collapse(self, metrics: dict[str, float]) -> None:
         value = metrics.get("stat/z_std")
         if value is not None and value < self.config.train.collapse_threshold:
-            message = (f"possible representation collapse at epoch {self.epoch}, step {self.step}: normalised embedding "
-                       f"std {value:.3f} (1 ≈ healthy, 0 = collapsed)")
+            message = (f"possible representation collapse at epoch {self.epoch}, step {self.step}: normalised "
+                       f"embedding std {value:.3f} (1 ≈ healthy, 0 = collapsed)")
             warnings.warn(message, stacklevel=2)
             logger.warning(message)
 

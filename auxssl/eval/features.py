@@ -34,7 +34,8 @@ def _normalise(x: Tensor, mean: tuple[float, ...], std: tuple[float, ...]) -> Te
     return (x - mean_t) / std_t
 
 
-def normalise_images(images: Tensor, mean: tuple[float, ...], std: tuple[float, ...], size: int | None = None) -> Tensor:
+def normalise_images(images: Tensor, mean: tuple[float, ...], std: tuple[float, ...],
+                     size: int | None = None) -> Tensor:
     """uint8 ``(B, 3, H, W)`` → float, optionally resized to ``size``², normalised with the dataset statistics."""
     return _normalise(_resize(images.float().div_(255.0), size), mean, std)
 

@@ -47,14 +47,16 @@ class ProbeConfig:
 def cosine_lr(optimizer: torch.optim.Optimizer, total_steps: int) -> torch.optim.lr_scheduler.LambdaLR:
     """Per-step cosine decay of every group's learning rate from its initial value to 0 over ``total_steps``."""
     total_steps = max(1, total_steps)
-    return torch.optim.lr_scheduler.LambdaLR(optimizer, lambda s: 0.5 * (1 + math.cos(math.pi * min(s, total_steps) / total_steps)))
+    return torch.optim.lr_scheduler.LambdaLR(
+        optimizer, lambda s: 0.5 * (1 + math.cos(math.pi * min(s, total_steps) / total_steps)))
 
 
 def probe_head(in_dim: int, num_classes: int, hidden_dim: int | None) -> nn.Module:
     if hidden_dim is None:
         return nn.Linear(in_dim, num_classes)
     return nn.Sequential(
-        nn.Linear(in_dim, hidden_dim, bias=False), nn.BatchNorm1d(hidden_dim), nn.ReLU(), nn.Linear(hidden_dim, num_classes)
+        nn.Linear(in_dim, hidden_dim, bias=False), nn.BatchNorm1d(hidden_dim), nn.ReLU(),
+        nn.Linear(hidden_dim, num_classes),
     )
 
 

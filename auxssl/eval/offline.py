@@ -68,7 +68,8 @@ def load_backbone(path: str | Path, arch: str | None = None, cifar_stem: bool | 
     if isinstance(state.get("backbone"), dict):
         state = state["backbone"]
     arch = arch or settings.get("backbone") or "resnet18"
-    cifar_stem = (True if settings.get("cifar_stem") is None else settings["cifar_stem"]) if cifar_stem is None else cifar_stem
+    if cifar_stem is None:
+        cifar_stem = True if settings.get("cifar_stem") is None else settings["cifar_stem"]
     width = width or settings.get("width") or 64
     options = options if options is not None else settings.get("backbone_args") or None
     try:

@@ -318,7 +318,8 @@ def _plot(variants: Sequence[Variant], metrics: Sequence[str], x_field: str, xla
     metrics = [m for m in metrics if any(_curves(v, m, x_field, records)[0] for v in variants)]
     if not metrics:
         return None
-    fig, axes = plt.subplots(1, len(metrics), figsize=(min(15.0, 4.2 + 3.6 * len(metrics)), 4.3), dpi=110, squeeze=False)
+    width = min(15.0, 4.2 + 3.6 * len(metrics))
+    fig, axes = plt.subplots(1, len(metrics), figsize=(width, 4.3), dpi=110, squeeze=False)
     colours = plt.rcParams["axes.prop_cycle"].by_key()["color"]
     for ax, metric in zip(axes[0], metrics):
         for i, variant in enumerate(variants):
@@ -329,7 +330,8 @@ def _plot(variants: Sequence[Variant], metrics: Sequence[str], x_field: str, xla
             ax.plot(xs, ys, "-" if variant.tasks else "--", color=colour, label=variant.name, linewidth=1.8,
                     marker="o" if len(xs) < 25 else None, markersize=3)
             if any(sd > 0 for sd in sds):
-                ax.fill_between(xs, [y - d for y, d in zip(ys, sds)], [y + d for y, d in zip(ys, sds)], color=colour, alpha=0.15)
+                ax.fill_between(xs, [y - d for y, d in zip(ys, sds)], [y + d for y, d in zip(ys, sds)],
+                                color=colour, alpha=0.15)
         for name, value in {**(targets or {}), **(levels or {}).get(metric, {})}.items():
             ax.axhline(value, color="grey", linestyle=":", linewidth=1)
             ax.annotate(f"{name} {value:.1f}", (0.01, value), xycoords=("axes fraction", "data"), fontsize=7,
@@ -419,7 +421,8 @@ def write_report(paths: Sequence[str | Path], out_dir: str | Path, title: str = 
     if budgets:
         items.append("**training budgets differ**: " + "; ".join(budgets))
     elif runs[0].info.budget:
-        items.append("**training budget** (every run): " + ", ".join(f"{k} {show(v)}" for k, v in runs[0].info.budget.items()))
+        budget = ", ".join(f"{k} {show(v)}" for k, v in runs[0].info.budget.items())
+        items.append(f"**training budget** (every run): {budget}")
     machines = {r.path.name: r.info.machine.get("cpu", "not recorded") for r in runs}
     if len(set(machines.values())) > 1:
         items.append("**machines differ** (wall-clock compares only runs of one machine): "
@@ -487,7 +490,8 @@ def write_report(paths: Sequence[str | Path], out_dir: str | Path, title: str = 
     noise_metrics = [m for m in NOISE_METRICS if any(v.training_mean(m)[2] for v in variants)]
     noise_plot = None
     if noise_metrics:
-        rows = [[v.name, *(fmt(*v.training_mean(m), 4) for m in noise_metrics), fmt(*v.final(PRIMARY))] for v in variants]
+        rows = [[v.name, *(fmt(*v.training_mean(m), 4) for m in noise_metrics), fmt(*v.final(PRIMARY))]
+                for v in variants]
         md, tab = _table(["variant", *(f"{m} (mean over training)" for m in noise_metrics), "final kNN top-1"], rows)
         meanings = {
             "noise/fn_rate_raw": "fn_rate_raw = share of negative pairs of one true class (from the true labels, which "
@@ -509,7 +513,8 @@ def write_report(paths: Sequence[str | Path], out_dir: str | Path, title: str = 
               "kNN accuracy vs wall-clock", out / "knn_vs_time.png", targets=targets),
     ]
     train_keys = sorted({k for r in runs for rec in r.train for k in rec if k == "loss" or k.startswith("loss/")})
-    plots.append(_plot(variants, train_keys, "epoch", "epoch", "loss", "Training loss terms", out / "losses.png", "train"))
+    plots.append(_plot(variants, train_keys, "epoch", "epoch", "loss", "Training loss terms", out / "losses.png",
+                       "train"))
     acc_keys = sorted({k for r in runs for rec in r.train for k in rec if k.startswith("acc/")})
     if acc_keys:
         chance = {k: {"chance": level} for r in runs for k, level in r.info.chance.items()}

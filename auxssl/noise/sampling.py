@@ -40,4 +40,5 @@ class ClassGroupedOrder:
             rest.append(shuffled[full:])
         order = torch.randperm(len(chunks), generator=generator)
         leftover = torch.cat(rest)
-        return torch.cat([chunks[i] for i in order.tolist()] + [leftover[torch.randperm(len(leftover), generator=generator)]])
+        shuffled_leftover = leftover[torch.randperm(len(leftover), generator=generator)]
+        return torch.cat([chunks[i] for i in order.tolist()] + [shuffled_leftover])

@@ -19,7 +19,8 @@ def test_eval_reports_knn_of_an_exported_backbone(tmp_path: Path, capsys) -> Non
     weights = tmp_path / "backbone.pt"
     torch.save(build_backbone("resnet18", cifar_stem=True).state_dict(), weights)
     out = tmp_path / "eval.json"
-    assert main(["eval", str(weights), "--dataset", "digits", "--linear", "--probe-epochs", "2", "--out", str(out)]) == 0
+    assert main(["eval", str(weights), "--dataset", "digits", "--linear", "--probe-epochs", "2",
+                 "--out", str(out)]) == 0
     results = json.loads(out.read_text())
     assert 10.0 < results["knn/top1"] <= 100.0 and 0.0 <= results["linear/top1"] <= 100.0
     assert "k=200, T=0.1" in results["protocol"]["knn"]

@@ -104,7 +104,8 @@ def test_corrupt_files_are_one_line_per_run_and_recorded(tmp_path: Path, caplog)
         assert not [w for w in raw if "skipping" in str(w.message)]
         lines = [r.getMessage() for r in caplog.records if "unreadable" in r.getMessage()]
         run = tmp_path / "runs" / attempt
-        assert lines == [f"skipped 2 unreadable images (not trained or evaluated on): listed in {run / 'skipped_images.txt'}"]
+        listing = run / "skipped_images.txt"
+        assert lines == [f"skipped 2 unreadable images (not trained or evaluated on): listed in {listing}"]
         listed = sorted(Path(p).name for p in (run / "skipped_images.txt").read_text().splitlines())
         assert listed == ["bad.jpg", "cut.png"]
         assert json.loads((run / "run.json").read_text())["budget"]["skipped_images"] == 2

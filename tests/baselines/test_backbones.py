@@ -51,12 +51,14 @@ def test_resnet_width_scales_every_stage_and_keeps_parameter_names() -> None:
     narrow = build_backbone("resnet18", cifar_stem=True, width=16)
     assert list(dict(standard.named_parameters())) == list(dict(narrow.named_parameters()))
     assert narrow.feature_dim == 128 and narrow(torch.rand(2, 3, 32, 32)).shape == (2, 128)
-    assert [narrow.conv1.out_channels, narrow.layer2[0].conv1.out_channels, narrow.layer4[1].conv2.out_channels] == [16, 32, 128]
+    widths = [narrow.conv1.out_channels, narrow.layer2[0].conv1.out_channels, narrow.layer4[1].conv2.out_channels]
+    assert widths == [16, 32, 128]
     ratio = sum(p.numel() for p in standard.parameters()) / sum(p.numel() for p in narrow.parameters())
     assert 15 < ratio < 17  # parameters scale with width²
     assert build_backbone("resnet50", width=32).feature_dim == 1024
     zero = build_backbone("resnet18", width=16, zero_init_residual=True)
     assert all(block.bn2.weight.abs().sum() == 0 for layer in (zero.layer1, zero.layer4) for block in layer)
-    assert all(block.bn3.weight.abs().sum() == 0 for block in build_backbone("resnet50", width=16, zero_init_residual=True).layer2)
+    zero_init = build_backbone("resnet50", width=16, zero_init_residual=True)
+    assert all(block.bn3.weight.abs().sum() == 0 for block in zero_init.layer2)
     with pytest.raises(ValueError, match="only defined for ResNets"):
         build_backbone("regnet_y_400mf", width=32)

@@ -11,7 +11,6 @@ import torch
 from torch import Tensor
 
 import baselines.losses as L
-
 from baselines.losses import (
     barlow_twins_loss,
     byol_loss,

@@ -9,7 +9,7 @@ import pytest
 import torch
 from torch import nn
 
-from baselines import METHODS, BYOL, Batch, MoCoV2, SSLMethod, SwAV, cosine_tau
+from baselines import BYOL, METHODS, Batch, MoCoV2, SSLMethod, SwAV, cosine_tau
 from baselines.base import encode_views
 from baselines.losses import sinkhorn_knopp
 from baselines.queue import FeatureQueue
@@ -88,7 +88,8 @@ def test_ema_update_matches_formula(tiny_backbone) -> None:
     with torch.no_grad():
         for p in method.backbone.parameters():
             p.add_(torch.randn_like(p))
-    before = [(o.clone(), t.clone()) for a, b in method.momentum_pairs() for o, t in zip(a.parameters(), b.parameters())]
+    before = [(o.clone(), t.clone())
+              for a, b in method.momentum_pairs() for o, t in zip(a.parameters(), b.parameters())]
     method.momentum_update(0.9)
     after = [t for _, b in method.momentum_pairs() for t in b.parameters()]
     for (online, target), updated in zip(before, after):

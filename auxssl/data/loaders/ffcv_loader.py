@@ -48,7 +48,7 @@ class _KeepTorchThreads:
 def ffcv_available() -> bool:
     keep = _KeepTorchThreads()
     try:
-        import ffcv
+        import ffcv  # noqa: F401  (importable is what is checked)
     except ImportError:
         return False
     finally:
@@ -163,7 +163,8 @@ class FFCVLoader:
 
         self.device = torch.device(device)
         self.recipe, self.batch_size, self.seed, self.epoch, self.start_batch = recipe, batch_size, seed, 0, 0
-        self.labels = None if labels is None else torch.as_tensor(np.asarray(labels, dtype=np.int64), device=self.device)
+        self.labels = (None if labels is None
+                       else torch.as_tensor(np.asarray(labels, dtype=np.int64), device=self.device))
         self.source_index = torch.as_tensor(dataset.source_indices(), device=self.device)
         rows = np.arange(len(dataset))
         epoch_order = order(rows) if order is not None else shuffled_order(len(dataset), seed, shuffle)
@@ -192,7 +193,9 @@ class FFCVLoader:
         self.loader.next_epoch = epoch
 
     def __len__(self) -> int:
-        return len(self.loader) if self.drop_last else num_batches(self.loader.reader.num_samples, self.batch_size, False)
+        if self.drop_last:
+            return len(self.loader)
+        return num_batches(self.loader.reader.num_samples, self.batch_size, False)
 
     def __iter__(self) -> Iterator[Batch]:
         epoch = iter(self.loader)

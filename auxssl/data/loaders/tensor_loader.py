@@ -131,8 +131,9 @@ class TensorLoader:
 
     The images are decoded once (`ImageDataset.to_uint8`; a file that does not decode is counted in ``skipped`` and
     its place taken by the next image that does, so an epoch keeps one sample per dataset row; images of
-    different sizes resized to the recipe's view size, aspect ratio not kept) and moved to ``device``. Each batch's augmentation is seeded by ``(seed, epoch, batch)``, so runs are
-    reproducible and a resumed epoch sees the same batches. Batches carry their crop boxes (`KorniaViews`).
+    different sizes resized to the recipe's view size, aspect ratio not kept) and moved to ``device``. Each batch's
+    augmentation is seeded by ``(seed, epoch, batch)``, so runs are reproducible and a resumed epoch sees the same
+    batches. Batches carry their crop boxes (`KorniaViews`).
     """
 
     backend = "tensor"  # the data.backend it implements, recorded in run.json

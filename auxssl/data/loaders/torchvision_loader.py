@@ -11,7 +11,6 @@ from torch.utils.data import DataLoader, Dataset, Sampler
 from torchvision.transforms import v2
 
 from auxssl.data.datasets import CorruptImageError, ImageDataset
-from auxssl.errors import InputError
 from auxssl.data.loaders.base import (
     EpochOrder,
     GoodCrops,
@@ -22,6 +21,7 @@ from auxssl.data.loaders.base import (
     visible_labels,
 )
 from auxssl.data.recipes import Recipe, ViewSpec
+from auxssl.errors import InputError
 from auxssl.noise.crops import crop_to_box, redraw_some_good
 from baselines.protocol import Batch
 
@@ -75,7 +75,8 @@ class _MultiViewDataset(Dataset):
     def __init__(self, dataset: ImageDataset, transforms: list[v2.Compose], recipe: Recipe,
                  good_crops: GoodCrops | None) -> None:
         self.dataset, self.recipe, self.good_crops = dataset, recipe, good_crops
-        self.crops = [t.transforms[0] if isinstance(t.transforms[0], v2.RandomResizedCrop) else None for t in transforms]
+        self.crops = [t.transforms[0] if isinstance(t.transforms[0], v2.RandomResizedCrop) else None
+                      for t in transforms]
         self.rests = [v2.Compose(t.transforms[1:]) if c is not None else t for t, c in zip(transforms, self.crops)]
 
     def __len__(self) -> int:

@@ -81,7 +81,8 @@ def test_colour_jitter_probability() -> None:
 
 
 def test_parameters_are_drawn_per_sample_and_per_view() -> None:
-    dataset = ArrayDataset(np.full((64, 32, 32, 3), 0, np.uint8) + np.arange(32, dtype=np.uint8)[None, None, :, None] * 8,
+    columns = np.arange(32, dtype=np.uint8)[None, None, :, None] * 8
+    dataset = ArrayDataset(np.full((64, 32, 32, 3), 0, np.uint8) + columns,
                            np.zeros(64), ["x"])
     batch = next(iter(build_loader("tensor", dataset, get_recipe("byol"), 64)))
     first, second = batch.views
@@ -156,7 +157,8 @@ def test_backends_agree_on_shape_dtype_and_range(recipe: Recipe, backends: list[
 @pytest.mark.skipif(not ffcv_available(), reason="ffcv not installed")
 def test_ffcv_loader_leaves_torch_threads_alone(tmp_path) -> None:
     threads = torch.get_num_threads()
-    loader = build_loader("ffcv", digits("test"), get_recipe("simclr"), 64, num_workers=1, beton_path=tmp_path / "d.beton")
+    loader = build_loader("ffcv", digits("test"), get_recipe("simclr"), 64, num_workers=1,
+                          beton_path=tmp_path / "d.beton")
     next(iter(loader))
     assert torch.get_num_threads() == threads
 

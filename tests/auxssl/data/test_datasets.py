@@ -20,7 +20,6 @@ from auxssl.data import (
     cifar10_jpg,
     digits,
     get_dataset,
-    get_recipe,
     reveal_labels,
     torchvision_dataset,
 )

@@ -51,7 +51,8 @@ def own_data_args(root: Path, out: Path, *extra: str) -> list[str]:
             "model.backbone=resnet10", "model.width=8", "model.method=simclr",
             "model.method_args={proj_hidden_dim: 32, proj_dim: 16}", "train.epochs=1", "train.precision=fp32",
             "train.progress=false", "eval.every_epochs=1", "optim.warmup_epochs=0", *extra]
-    return ["train", "simclr_cifar10", "--name", "own", "--output-dir", str(out), *(a for s in sets for a in ("--set", s))]
+    overrides = [a for s in sets for a in ("--set", s)]
+    return ["train", "simclr_cifar10", "--name", "own", "--output-dir", str(out), *overrides]
 
 
 @pytest.mark.parametrize("backend", ["auto", "tensor", "torchvision"])
@@ -154,7 +155,8 @@ def test_a_shard_decodes_only_its_own_images(tmp_path: Path, monkeypatch) -> Non
     monkeypatch.setattr(FolderDataset, "load", lambda self, i: loaded.append(i) or original(self, i))
     shard = ImageSubset(data, np.arange(3, 100, 8))
     images, rows = shard.to_uint8()
-    assert sorted(loaded) == list(range(3, 100, 8)) and images.shape == (13, 3, 8, 8) and rows.tolist() == list(range(13))
+    assert sorted(loaded) == list(range(3, 100, 8))
+    assert images.shape == (13, 3, 8, 8) and rows.tolist() == list(range(13))
     for k, i in enumerate(range(3, 100, 8)):  # the right image in every row
         assert torch.equal(images[k], torch.from_numpy(np.asarray(original(data, i))).permute(2, 0, 1))
     loaded.clear()

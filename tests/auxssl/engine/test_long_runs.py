@@ -147,7 +147,8 @@ def test_training_checkpoints_load_weights_only_and_pickled_objects_are_refused(
     train(config)
     checkpoint = find_last_checkpoint(config.run_dir)
     torch.load(checkpoint, weights_only=True)  # every piece of state is weights-only readable
-    assert main(["eval", str(checkpoint), "--dataset", "digits", "--k", "5", "--image-size", "16", "--device", "cpu"]) == 0
+    assert main(["eval", str(checkpoint), "--dataset", "digits", "--k", "5", "--image-size", "16",
+                 "--device", "cpu"]) == 0
     assert "knn/top1" in json.loads(capsys.readouterr().out)
 
     evil = tmp_path / "evil.pt"
@@ -195,7 +196,8 @@ def test_export_prints_loading_lines_that_work(tmp_path: Path, capsys, backbone:
     weights = tmp_path / "backbone.pt"
     capsys.readouterr()
     assert main(["export", str(config.run_dir), "--out", str(weights)]) == 0
-    lines = [line.split("load it with: ", 1)[1] for line in capsys.readouterr().out.splitlines() if "load it with" in line]
+    output = capsys.readouterr().out.splitlines()
+    lines = [line.split("load it with: ", 1)[1] for line in output if "load it with" in line]
     assert lines
     expected = load_checkpoint(weights)
     for line in lines:
@@ -381,7 +383,8 @@ def test_two_process_run_killed_mid_epoch_resumes_bit_identically(tmp_path: Path
         killed = subprocess.Popen([*launch, str(tmp_path / "killed.yaml")], stdout=subprocess.DEVNULL, stderr=err,
                                   env=env)
         deadline = time.time() + 300
-        while not (tmp_path / "killed" / "metrics.jsonl").exists() or len(read_metrics(tmp_path / "killed", "train")) < 7:
+        run = tmp_path / "killed"
+        while not (run / "metrics.jsonl").exists() or len(read_metrics(run, "train")) < 7:
             assert killed.poll() is None and time.time() < deadline, (tmp_path / "killed.err").read_text()[-3000:]
             time.sleep(0.01)
         tree = process_tree(killed.pid)

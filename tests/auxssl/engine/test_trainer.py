@@ -99,7 +99,8 @@ def test_nan_loss_stops_and_keeps_the_last_good_checkpoint(tmp_path: Path) -> No
     good = load_config(None, tiny(tmp_path, "nan", "train.epochs=1"))
     train(good)
     last_good = find_last_checkpoint(good.run_dir)
-    exploding = load_config(None, tiny(tmp_path, "nan", "train.epochs=2", "optim.lr=1e30", "train.checkpoint_every_steps=1"))
+    exploding = load_config(None, tiny(tmp_path, "nan", "train.epochs=2", "optim.lr=1e30",
+                                       "train.checkpoint_every_steps=1"))
     with pytest.raises(NonFiniteLossError, match="Last good checkpoint: ") as error:
         train(exploding, resume=True, allow_config_change=True)  # the explosion is provoked on purpose
     named = Path(str(error.value).split("Last good checkpoint: ")[1].split(". ")[0])

@@ -74,7 +74,8 @@ def test_false_negative_rate_falls_with_the_revealed_fraction_to_zero() -> None:
         control = NoiseControl(NoiseConfig(fn_elimination=p), data, seed=0)
         batch = batch_of(index)
         rates = control.prepare(batch, InBatch(), step=0)
-        assert rates["noise/fn_rate_raw"].item() == pytest.approx(false_negative_rates(index, index, torch.from_numpy(data.labels))["noise/fn_rate_raw"].item())
+        expected = false_negative_rates(index, index, torch.from_numpy(data.labels))["noise/fn_rate_raw"]
+        assert rates["noise/fn_rate_raw"].item() == pytest.approx(expected.item())
         assert rates["noise/fn_rate"].item() <= previous + 1e-9
         previous = rates["noise/fn_rate"].item()
         revealed = (control.revealed >= 0).float().mean().item() if control.revealed is not None else 0.0
@@ -160,9 +161,11 @@ def test_fn_injection_raises_the_measured_false_negative_rate() -> None:
                                 "data.image_size=8"])
     control = NoiseControl(config.noise, data, seed=0)
     loader = build_train_loader(config, data, torch.device("cpu"), noise=control)
-    rates = [control.prepare(batch, InBatch(), step)["noise/fn_rate_raw"].item() for step, batch in zip(range(5), loader)]
+    rates = [control.prepare(batch, InBatch(), step)["noise/fn_rate_raw"].item()
+             for step, batch in zip(range(5), loader)]
     natural = NoiseControl(NoiseConfig(), data, seed=0)
-    plain = build_train_loader(load_config(None, ["data.batch_size=64", "data.image_size=8"]), data, torch.device("cpu"))
+    plain_config = load_config(None, ["data.batch_size=64", "data.image_size=8"])
+    plain = build_train_loader(plain_config, data, torch.device("cpu"))
     base = [natural.prepare(batch, InBatch(), step)["noise/fn_rate_raw"].item() for step, batch in zip(range(5), plain)]
     assert min(rates) > 0.45 and max(base) < 0.2  # ≈ (64/2 − 1)/63 against ≈ 1/10
 
@@ -279,13 +282,15 @@ def test_natural_pairs_are_measured_and_not_forced() -> None:
     iou = paired_iou(batch.crop_boxes[0], batch.crop_boxes[1])
     assert 0.05 < float((iou < 0.5).float().mean()) < 0.95
     control = NoiseControl(NoiseConfig(), data, seed=0)
-    assert control.prepare(batch, InBatch(), 0)["noise/fp_rate"].item() == pytest.approx(float((iou < 0.5).float().mean()))
+    measured = control.prepare(batch, InBatch(), 0)["noise/fp_rate"].item()
+    assert measured == pytest.approx(float((iou < 0.5).float().mean()))
 
 
 def test_force_good_crops_falls_back_to_the_reference_when_nothing_qualifies() -> None:
     reference = torch.tensor([[0, 0, 3, 3], [4, 4, 20, 20]])
     g = torch.Generator().manual_seed(0)
-    good = force_good_crops(reference, torch.tensor([32, 32]), torch.tensor([32, 32]), (0.5, 1.0), (0.75, 4 / 3), 0.9, g)
+    side = torch.tensor([32, 32])
+    good = force_good_crops(reference, side, side, (0.5, 1.0), (0.75, 4 / 3), 0.9, g)
     assert torch.equal(good[0], reference[0])  # a 3×3 crop cannot be matched by crops of half the image or more
 
 
