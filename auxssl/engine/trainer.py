@@ -300,10 +300,6 @@ class Trainer:
         self.evaluation_enabled = config.eval.every_epochs > 0
         #: Why this run has no evaluation (None when it has one); in run.json and the report.
         self.no_evaluation: str | None = None if self.evaluation_enabled else "eval.every_epochs is 0"
-        if self.evaluation_enabled and self.dist.is_main and config.eval.knn_k >= len(self.bank_set):
-            logger.warning("eval.knn_k=%d is not below the %d images of the kNN bank: every query votes with the "
-                           "whole bank, so the kNN measures little beyond the bank's class frequencies; lower "
-                           "eval.knn_k or use a larger bank", config.eval.knn_k, len(self.bank_set))
         if self.evaluation_enabled and not (self.bank_set.labelled and self.test_set.labelled):
             self.evaluation_enabled = False
             unlabelled = self.bank_set if not self.bank_set.labelled else self.test_set

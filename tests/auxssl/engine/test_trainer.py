@@ -245,23 +245,6 @@ def test_the_online_probe_never_sees_the_tasks_transformed_copies(tmp_path: Path
                                "data.reveal_labels=1.0"))
 
 
-def test_a_knn_k_as_large_as_the_bank_is_warned_about(tmp_path: Path, caplog) -> None:
-    """k ≥ the bank size makes every query vote with the whole bank (a 64-image digits bank scored 1.6 %, below
-    chance, at k = 200): said once, before training."""
-    import logging
-
-    package = logging.getLogger("auxssl")  # the CLI stops it propagating, so listen on it directly
-    package.addHandler(caplog.handler)
-    try:
-        Trainer(load_config(None, tiny(tmp_path, "k_big", "eval.knn_k=64")))  # the bank: 64 training images
-        assert "eval.knn_k=64 is not below the 64 images of the kNN bank" in caplog.text
-        caplog.clear()
-        Trainer(load_config(None, tiny(tmp_path, "k_small", "eval.knn_k=20")))
-        assert "eval.knn_k" not in caplog.text
-    finally:
-        package.removeHandler(caplog.handler)
-
-
 def test_tau_schedule_runs_to_the_methods_final_tau(tmp_path: Path) -> None:
     config = load_config(None, tiny(tmp_path, "tau", "model.method=moco_v2", "tasks=[]",
                                     "model.method_args={proj_hidden_dim: 32, proj_dim: 16, queue_size: 64}"))
