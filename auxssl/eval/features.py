@@ -8,6 +8,7 @@ torch.distributed each process extracts the features of its own shard (`auxssl.e
 from __future__ import annotations
 
 from collections.abc import Iterator
+from typing import Any
 
 import numpy as np
 import torch
@@ -87,29 +88,10 @@ def _batches(dataset: ImageDataset, rows: np.ndarray, batch_size: int, image_siz
             yield images, batch_rows.numpy()
 
 
-def extract_features(
-    backbone: nn.Module,
-    dataset: ImageDataset,
-    *,
-    batch_size: int = 512,
-    device: str | torch.device = "cpu",
-    image_size: int | None = None,
-    images: Tensor | None = None,
-    rows: np.ndarray | None = None,
-    precision: str = "auto",
-    num_workers: int = 2,
-) -> tuple[Tensor, Tensor]:
-    """Pooled features ``(N, D)`` (float32, CPU) and labels ``(N,)`` of every decodable image of ``dataset``
-    (a backbone returning ``(B, D, 1, 1)``, as lightly's ResNet trunks do, is flattened).
-
-    The backbone runs in eval mode (its mode is restored afterwards) on channels-last input, under autocast at
-    ``precision`` (``auto``: bf16 where native, as in training, else fp32; ``fp32``; ``bf16``). Images in memory
-    (`ImageDataset.in_memory`, or ``images``/``rows`` from `ImageDataset.to_uint8`) are read directly; others are
-    streamed by ``num_workers`` processes.
-    """
-    features, labels, _ = extract_features_and_rows(
-        backbone, dataset, batch_size=batch_size, device=device, image_size=image_size, images=images, rows=rows,
-        precision=precision, num_workers=num_workers)
+def extract_features(backbone: nn.Module, dataset: ImageDataset, **options: Any) -> tuple[Tensor, Tensor]:
+    """Pooled features ``(N, D)`` (float32, CPU) and labels ``(N,)`` of every decodable image of ``dataset``; the
+    options and their behaviour are `extract_features_and_rows`'s (which also returns the rows)."""
+    features, labels, _ = extract_features_and_rows(backbone, dataset, **options)
     return features, labels
 
 
@@ -126,7 +108,14 @@ def extract_features_and_rows(
     precision: str = "auto",
     num_workers: int = 2,
 ) -> tuple[Tensor, Tensor, np.ndarray]:
-    """`extract_features` and the dataset rows of the features (images that do not decode have none)."""
+    """Pooled features ``(N, D)`` (float32, CPU), labels ``(N,)`` and dataset rows ``(N,)`` of every decodable image
+    of ``dataset`` (a backbone returning ``(B, D, 1, 1)``, as lightly's ResNet trunks do, is flattened).
+
+    The backbone runs in eval mode (its mode is restored afterwards) on channels-last input, under autocast at
+    ``precision`` (``auto``: bf16 where native, as in training, else fp32; ``fp32``; ``bf16``). Images in memory
+    (`ImageDataset.in_memory`, or ``images``/``rows`` from `ImageDataset.to_uint8`) are read directly; others are
+    streamed by ``num_workers`` processes.
+    """
     if images is None and dataset.in_memory:
         images, rows = dataset.to_uint8()
     if images is not None:
