@@ -13,7 +13,7 @@ test images as queries — what an epoch-0 evaluation sees, pairwise cosine ≈ 
 The floor is the bare fp32 similarity GEMM, queries @ bank.T written into a preallocated (queries × bank) output:
 the cost of scoring every pair exactly. auxssl's kNN (normalisation, the scan in cache-sized blocks, exact top-k
 from a sampled-threshold candidate set, votes) is reported as a ratio to it, ``knn_vs_gemm``, with its default
-scan (bf16 with exact fp32 rescoring where the CPU has native bf16, else fp32), and ``knn_fp32_scan_vs_gemm``
+scan (int8 with exact fp32 rescoring on a CPU, fp32 elsewhere), and ``knn_fp32_scan_vs_gemm``
 with the fp32 scan forced; all best of ``--repeats``, measured side by side (interleaved). The two scans' votes
 are compared: ``max_vote_diff`` (the largest change of a class vote, as a fraction of that query's total vote:
 fp32 rounding, plus one neighbour's weight where two neighbours tie at the k-th place to within rounding) and
