@@ -41,13 +41,37 @@ class PooledFeatures(nn.Module):
         return features
 
 
+class OnlineFeatures:
+    """The base method's online features of a batch's views: one ``(B, D)`` tensor per encoded view, in view
+    order — what tasks with ``uses_features = True`` predict from (`AuxWrapper` records them around the base
+    call; a loop of one's own passes ``[f(x1), f(x2)]``)."""
+
+    @staticmethod
+    def split(outputs: Sequence[Tensor], batch: Batch, method: str = "the base method") -> list[Tensor]:
+        """Per-view features from the online backbone's outputs during the base call (one call per view, or
+        several views in one call, in view order); ``[]`` when the base method encoded nothing."""
+        rows = [o.flatten(1) if o.dim() == 4 and o.shape[-2:] == (1, 1) else o for o in outputs]
+        if not rows:
+            return []
+        if any(r.dim() != 2 for r in rows):
+            raise ValueError(f"{method}'s backbone returned unpooled features {tuple(outputs[0].shape)}")
+        total = sum(len(r) for r in rows)
+        if total % batch.size or total // batch.size > len(batch.views):
+            raise ValueError(f"{method}'s online backbone encoded {total} rows for {len(batch.views)} views of "
+                             f"{batch.size} images: the tasks and the online probe need each view encoded once, in "
+                             "view order")
+        return list(torch.cat(rows).split(batch.size))
+
+
 class AuxiliaryLoss(nn.ModuleList):
     """The λ-weighted sum of pretext-task losses, ``Σ_t λ_t · L_t``, computed through the caller's backbone: a
     list of `PretextTask` modules (its state dict holds their heads, ``"<i>.head.…"``) with a forward.
 
     Call it with the *online* backbone (a momentum/target encoder must never see the transformed copies) and
     the augmented views (a list of ``(B, C, H, W)`` tensors or a `Batch`); it returns ``"loss"`` (the weighted
-    total to add to the SSL loss) and every term, ``loss/<task>`` (unweighted) and ``acc/<task>``.
+    total to add to the SSL loss) and every term, ``loss/<task>`` (unweighted) and ``acc/<task>``. Tasks that
+    predict from the SSL method's own features of the views (``uses_features = True``, e.g. AugSelf) need
+    ``features``: one ``(B, D)`` tensor per view, with its gradient (`OnlineFeatures`).
 
     Args:
         tasks: the pretext tasks (default: ``[RotationPrediction()]``, λ = 0.1, both global views, the official
@@ -108,7 +132,8 @@ class AuxiliaryLoss(nn.ModuleList):
     def momentum_pairs(self) -> list[tuple[nn.Module, nn.Module]]:
         return [pair for task in self for pair in getattr(task, "momentum_pairs", list)()]
 
-    def forward(self, backbone: nn.Module, views: Batch | Sequence[Tensor]) -> dict[str, Tensor]:
+    def forward(self, backbone: nn.Module, views: Batch | Sequence[Tensor],
+                features: Sequence[Tensor] | None = None) -> dict[str, Tensor]:
         batch = as_batch(views)
         pooled = backbone if isinstance(backbone, PooledFeatures) else PooledFeatures(backbone)
         if self.feature_dim is None:
@@ -118,7 +143,14 @@ class AuxiliaryLoss(nn.ModuleList):
         out: dict[str, Tensor] = {}
         total: Tensor | None = None
         for task in self:
-            terms = task(pooled, batch)
+            if getattr(task, "uses_features", False):
+                if not features:
+                    raise ValueError(f"task {task.name} predicts from the SSL method's online features of the views, "
+                                     "and none were given: pass features=[f(x1), f(x2)] (AuxWrapper records them; "
+                                     "model.method=none computes none)")
+                terms = task(pooled, batch, [f.flatten(1) for f in features])
+            else:
+                terms = task(pooled, batch)
             for key, value in terms.items():
                 out[f"{key}/{task.name}"] = value
             weighted = task.weight * terms["loss"]

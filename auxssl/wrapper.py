@@ -7,7 +7,7 @@ from typing import Any
 
 from torch import Tensor, nn
 
-from auxssl.auxiliary import AuxiliaryLoss
+from auxssl.auxiliary import AuxiliaryLoss, OnlineFeatures
 from auxssl.tasks import PretextTask
 from baselines.backbones import feature_dim
 from baselines.ema import ema_update_pairs_
@@ -21,6 +21,13 @@ class AuxWrapper(nn.Module):
     task builds its own inputs from the views and runs them through the base method's *online* backbone, so
     a momentum/target encoder never sees them. The output dict keeps every term: the base method's own keys,
     ``loss/base``, and ``loss/<task>`` plus the task's metrics (``acc/<task>``) for every task.
+
+    **The base method's online features** are the one channel from the base call to the tasks and the online
+    probe: while the base method runs, the wrapper records every output of its online backbone (a forward hook
+    armed only then, so the tasks' own backbone calls and evaluations are never recorded) and splits them into
+    one ``(B, D)`` tensor per view, in view order (`OnlineFeatures`). Tasks that declare ``uses_features = True``
+    receive them with their gradient (AugSelf predicts from them, no extra backbone pass); `online_features`
+    keeps the last forward's, detached, for the probe.
 
     Args:
         base: any module following `baselines.protocol.SSLMethod` (``backbone``, ``forward``,
@@ -43,6 +50,14 @@ class AuxWrapper(nn.Module):
         self.base = base
         #: The tasks and their heads: the same `AuxiliaryLoss` a user's own loop would call.
         self.tasks = AuxiliaryLoss(tasks, weights, feature_dim=feature_dim(base.backbone))
+        #: The base method's online features of the last forward's views, detached (for the online probe).
+        self.online_features: list[Tensor] = []
+        self._recorded: list[Tensor] | None = None
+        base.backbone.register_forward_hook(self._record)
+
+    def _record(self, module: nn.Module, args: Any, output: Tensor) -> None:
+        if self._recorded is not None:
+            self._recorded.append(output)
 
     @property
     def backbone(self) -> nn.Module:
@@ -87,9 +102,16 @@ class AuxWrapper(nn.Module):
 
     def forward(self, batch: Batch | Sequence[Tensor]) -> dict[str, Tensor]:
         batch = as_batch(batch)
-        out = dict(self.base(batch))
+        self._recorded = []
+        try:
+            out = dict(self.base(batch))
+            recorded = self._recorded
+        finally:
+            self._recorded = None
+        features = OnlineFeatures.split(recorded, batch, type(self.base).__name__)
+        self.online_features = [f.detach() for f in features]
         out["loss/base"] = out["loss"]
-        auxiliary = self.tasks(self.base.backbone, batch)
+        auxiliary = self.tasks(self.base.backbone, batch, features)
         terms = {name: value for name, value in auxiliary.items() if name != "loss"}
         collisions = sorted(set(terms) & set(out))
         if collisions:

@@ -100,7 +100,10 @@ class SSLMethod(Protocol):
 
     Members:
         backbone: the online encoder mapping images ``(B, C, H, W)`` to pooled features ``(B, D)``.
-        forward(batch): returns a dict with the total ``"loss"`` plus named terms and metrics.
+        forward(batch): returns a dict with the total ``"loss"`` plus named terms and metrics, every value a
+            scalar tensor (the engine averages and logs them). The online backbone encodes each view once, in
+            view order (one call per view or several views per call): `auxssl.AuxWrapper` hands those features
+            to the tasks and the online probe.
         param_groups(): optimiser parameter groups; bias/norm parameters are flagged with
             ``{"weight_decay": 0.0, "lars_exclude": True}`` so the engine can exclude them.
         momentum_pairs(): ``(online, target)`` module pairs updated by EMA (empty for none).

@@ -190,40 +190,6 @@ def seed_everything(seed: int, deterministic: bool) -> None:
     torch.backends.cudnn.benchmark = not deterministic
 
 
-class FeatureTap:
-    """Captures the online backbone's first output *while the base method runs* (its unrotated views) for the
-    online probe: the base method's forward arms it and disarms it, so the auxiliary tasks' transformed copies,
-    which reach the same backbone after the base call, never do. It records only inside `capture()`, which the
-    trainer opens around the training forward, so evaluation passes and other calls never reach the probe."""
-
-    def __init__(self, backbone: nn.Module, base: nn.Module) -> None:
-        self.features: Tensor | None = None
-        self._capturing = self._in_base = False
-        self.handles = [backbone.register_forward_hook(self._record),
-                        base.register_forward_pre_hook(lambda module, args: self._set_in_base(True)),
-                        base.register_forward_hook(lambda module, args, output: self._set_in_base(False))]
-
-    def _set_in_base(self, value: bool) -> None:
-        self._in_base = value
-
-    def _record(self, module: nn.Module, args: Any, output: Tensor) -> None:
-        if self._capturing and self._in_base and self.features is None:
-            self.features = output.detach()
-
-    @contextlib.contextmanager
-    def capture(self) -> Iterator[None]:
-        """Record the first backbone output of the base method inside this block (and nothing from before it)."""
-        self.features, self._capturing = None, True
-        try:
-            yield
-        finally:
-            self._capturing = self._in_base = False
-
-    def take(self) -> Tensor | None:
-        features, self.features = self.features, None
-        return features
-
-
 class Trainer:
     """Trains one run described by a `RunConfig` into ``config.run_dir``.
 
@@ -308,13 +274,11 @@ class Trainer:
             logger.warning("evaluation skipped: %s; set eval.dataset and eval.root to a labelled evaluation set",
                            self.no_evaluation)
         self.online_probe: OnlineLinearProbe | None = None
-        self.tap: FeatureTap | None = None
         if config.eval.online_linear:
             if config.data.reveal_labels <= 0:
                 raise InputError("eval.online_linear needs revealed labels: set data.reveal_labels > 0")
             num_classes = int(self.train_set.labels.max()) + 1
             self.online_probe = OnlineLinearProbe(feature_dim(self.model.backbone), num_classes).to(self.device)
-            self.tap = FeatureTap(self.model.backbone, getattr(self.model, "base", self.model))
 
         self.step = 0
         self.epoch = 0
@@ -500,8 +464,7 @@ class Trainer:
         noise = {} if self.noise is None else self.noise.prepare(batch, self.model, self.step)
         if self.channels_last:
             batch.views = [v.contiguous(memory_format=torch.channels_last) for v in batch.views]
-        tap = self.tap.capture() if self.tap is not None else contextlib.nullcontext()
-        with tap, self.precision.autocast():
+        with self.precision.autocast():
             out = self.forward(batch)
         loss = out["loss"]
         if not torch.isfinite(loss):
@@ -527,10 +490,9 @@ class Trainer:
             self.optimizer.step()
         if self.tau_schedule is not None:
             self.model.momentum_update(float(self.tau_schedule[self.step]))
-        if self.online_probe is not None and self.tap is not None:
-            features = self.tap.take()
-            if features is not None and batch.label is not None:
-                out.update(self.online_probe.update(features[: batch.size], batch.label))  # incl. PROBE_LABELLED
+        if self.online_probe is not None and batch.label is not None and self.model.online_features:
+            # the base method's online features of the first view (`AuxWrapper.online_features`)
+            out.update(self.online_probe.update(self.model.online_features[0], batch.label))  # incl. PROBE_LABELLED
         out.update(noise)
         out["lr"] = lr
         return out

@@ -24,7 +24,11 @@ class PretextTask(Protocol):
         build(feature_dim): create the task's head(s) for backbone features of that width (called once by
             the wrapper; idempotent).
         forward(backbone, batch): make the task's inputs from the batch, run them through the base method's
-            *online* backbone and return a dict with ``"loss"`` plus metrics.
+            *online* backbone and return a dict with ``"loss"`` plus metrics (every value a scalar tensor).
+
+    Optional: ``uses_features = True`` declares ``forward(backbone, batch, features)``, where ``features`` are
+    the base method's online features of the views (one ``(B, D)`` tensor per view, with their gradient;
+    `auxssl.auxiliary.OnlineFeatures`): a task predicting from them needs no backbone pass of its own.
     """
 
     name: str

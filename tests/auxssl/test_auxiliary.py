@@ -114,3 +114,61 @@ def test_the_wrappers_checkpoints_keep_their_keys() -> None:
     model = AuxWrapper(BYOL(small_backbone(), proj_hidden_dim=16, proj_dim=8, pred_hidden_dim=16))
     keys = [k for k in model.state_dict() if not k.startswith("base.")]
     assert keys and all(k.startswith("tasks.0.head.") for k in keys)
+
+
+@pytest.mark.parametrize("name", ["byol", "simclr", "simsiam", "moco_v2", "swav", "barlow_twins", "vicreg"])
+def test_every_method_hands_its_online_features_of_each_view_in_view_order(name: str) -> None:
+    """The channel's contract (`OnlineFeatures`): what the wrapper records around the base call is one
+    ``(B, D)`` tensor per view, in view order, equal to the online backbone's features of that view (in eval
+    mode, so that batch statistics do not depend on how the method groups its calls)."""
+    from baselines import METHODS
+
+    from tests.baselines.test_methods import SMALL_HEADS
+
+    torch.manual_seed(0)
+    wrapper = AuxWrapper(METHODS[name](small_backbone(), **SMALL_HEADS[name]), []).eval()
+    batch = views(1)
+    wrapper(batch)
+    with torch.no_grad():
+        expected = [wrapper.backbone(v) for v in batch]
+    assert len(wrapper.online_features) == len(batch)
+    for got, want in zip(wrapper.online_features, expected):
+        torch.testing.assert_close(got, want, rtol=1e-4, atol=1e-5)
+        assert not got.requires_grad  # the probe's copy is detached
+
+
+class FeatureTask(nn.Module):
+    """A task predicting from the base method's features: the mean squared feature, times λ."""
+
+    name, weight, uses_features = "feature_norm", 1.0, True
+
+    def build(self, feature_dim: int) -> None:
+        self.feature_dim = feature_dim
+
+    def forward(self, backbone: nn.Module, batch, features: list[torch.Tensor]) -> dict[str, torch.Tensor]:
+        self.received = features
+        return {"loss": torch.stack([f.pow(2).mean() for f in features]).sum()}
+
+
+def test_a_task_that_uses_features_gets_the_base_methods_with_their_gradient_and_no_backbone_pass() -> None:
+    torch.manual_seed(0)
+    task = FeatureTask()
+    wrapper = AuxWrapper(BYOL(small_backbone(), proj_hidden_dim=32, proj_dim=16, pred_hidden_dim=32), [task])
+    calls = []
+    wrapper.backbone.register_forward_hook(lambda *args: calls.append(1))
+    out = wrapper(views(2))
+    assert len(calls) == 2  # the base method's two views only: the task added no backbone pass
+    assert [f.shape for f in task.received] == [(6, wrapper.tasks.feature_dim)] * 2
+    for live, kept in zip(task.received, wrapper.online_features):
+        assert live.requires_grad and torch.equal(live.detach(), kept)
+    grad = torch.autograd.grad(out["loss/feature_norm"], wrapper.backbone.parameters(), allow_unused=True)
+    assert any(g is not None and g.abs().sum() > 0 for g in grad)
+
+
+def test_a_task_that_uses_features_is_refused_without_them() -> None:
+    from baselines import NoBaseLoss
+
+    with pytest.raises(ValueError, match="feature_norm predicts from the SSL method's online features"):
+        AuxiliaryLoss([FeatureTask()], feature_dim=8)(small_backbone(), views())
+    with pytest.raises(ValueError, match="model.method=none computes none"):
+        AuxWrapper(NoBaseLoss(small_backbone()), [FeatureTask()])(views())

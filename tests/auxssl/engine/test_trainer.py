@@ -214,7 +214,7 @@ def test_online_probe_gets_only_the_current_training_features(tmp_path: Path) ->
     config = load_config(None, tiny(tmp_path, "tap", "eval.online_linear=true", "data.reveal_labels=1.0"))
     trainer = Trainer(config)
     trainer.evaluate()
-    assert trainer.tap is not None and trainer.tap.take() is None
+    assert trainer.model.online_features == []  # evaluation passes are never recorded
     received: list[tuple[torch.Tensor, torch.Tensor]] = []
     trainer.online_probe.update = lambda features, labels: received.append((features, labels)) or {}
     batch = next(iter(trainer.loader))
@@ -229,17 +229,14 @@ def test_online_probe_gets_only_the_current_training_features(tmp_path: Path) ->
 
 
 def test_the_online_probe_never_sees_the_tasks_transformed_copies(tmp_path: Path) -> None:
-    """The tap records the backbone only while the base method runs: a base method that encodes nothing (the
-    tasks-alone control) leaves it empty, where it used to hand the probe the first *rotated* copies; and such a
-    run asking for the online probe is refused before training."""
-    from auxssl.engine.trainer import FeatureTap
+    """The wrapper records the backbone only while the base method runs: a base method that encodes nothing (the
+    tasks-alone control) leaves the online features empty, where the trainer's old tap handed the probe the first
+    *rotated* copies; and such a run asking for the online probe is refused before training."""
     from baselines import NoBaseLoss
 
     model = AuxWrapper(NoBaseLoss(build_backbone("resnet10", cifar_stem=True, width=8)), [RotationPrediction()])
-    tap = FeatureTap(model.backbone, model.base)
-    with tap.capture():
-        model([torch.rand(4, 3, 16, 16), torch.rand(4, 3, 16, 16)])
-    assert tap.take() is None
+    model([torch.rand(4, 3, 16, 16), torch.rand(4, 3, 16, 16)])
+    assert model.online_features == []
     with pytest.raises(ConfigError, match="model.method=none computes none"):
         load_config(None, tiny(tmp_path, "none", "model.method=none", "eval.online_linear=true",
                                "data.reveal_labels=1.0"))
