@@ -32,6 +32,9 @@ class Batch:
             ``(B, queue size)`` for a queue (MoCo).
         crop_boxes: optional ``(V, B, 4)`` crop box of every view in its source image, ``(x0, y0, x1, y1)`` as
             fractions of the image's width and height (noise control and measurement of false positives).
+        aug_params: optional augmentation parameters each view was drawn with, ``name → (V, B, …)`` tensor
+            (``flip``, ``jitter``, ``grayscale``, ``blur_sigma``, ``solarize``; `auxssl.data.params`), recorded by
+            every loader backend; what AugSelf predicts the differences of.
     """
 
     views: list[Tensor]
@@ -41,6 +44,7 @@ class Batch:
     positive_weight: Tensor | None = None
     negative_weight: Tensor | None = None
     crop_boxes: Tensor | None = None
+    aug_params: dict[str, Tensor] | None = None
     extra: dict[str, Any] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
@@ -71,6 +75,8 @@ class Batch:
             positive_weight=move(self.positive_weight),
             negative_weight=move(self.negative_weight),
             crop_boxes=move(self.crop_boxes),
+            aug_params=None if self.aug_params is None else {k: v.to(device, non_blocking=non_blocking)
+                                                             for k, v in self.aug_params.items()},
             extra={k: v.to(device, non_blocking=non_blocking) if isinstance(v, Tensor) else v
                    for k, v in self.extra.items()},
         )

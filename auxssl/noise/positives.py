@@ -18,7 +18,8 @@ def inject_false_positives(batch: Batch, probability: float, true_labels: Tensor
                            generator: torch.Generator) -> Tensor:
     """Replace, with ``probability`` per sample, the second view by the second view of another image of the batch
     — of another class where both true labels are known. Modifies ``batch.views[1]`` and the second view's crop
-    boxes (``batch.crop_boxes[1]``: the box travels with its view); returns the ``(B,)`` mask of injected samples
+    boxes and augmentation parameters (``batch.crop_boxes[1]``, ``batch.aug_params[…][1]``: they travel with their
+    view); returns the ``(B,)`` mask of injected samples
     (a sample without any eligible donor keeps its own view).
     """
     n = batch.size
@@ -41,6 +42,13 @@ def inject_false_positives(batch: Batch, probability: float, true_labels: Tensor
             boxes = batch.crop_boxes.clone()
             boxes[1, rows.to(boxes.device)] = batch.crop_boxes[1, donor[rows].to(boxes.device)]
             batch.crop_boxes = boxes
+        if batch.aug_params is not None:  # the donor view's augmentation parameters travel with it too
+            params = {}
+            for name, value in batch.aug_params.items():
+                value = value.clone()
+                value[1, rows.to(value.device)] = batch.aug_params[name][1, donor[rows].to(value.device)]
+                params[name] = value
+            batch.aug_params = params
     return injected
 
 

@@ -122,7 +122,6 @@ def test_every_method_hands_its_online_features_of_each_view_in_view_order(name:
     ``(B, D)`` tensor per view, in view order, equal to the online backbone's features of that view (in eval
     mode, so that batch statistics do not depend on how the method groups its calls)."""
     from baselines import METHODS
-
     from tests.baselines.test_methods import SMALL_HEADS
 
     torch.manual_seed(0)

@@ -204,7 +204,7 @@ class FFCVLoader:
                 self._threads.restore()
                 if b < self.start_batch:
                     continue
-                views, boxes = self.augment(images, derive_seed(self.seed, self.epoch, b, 3))
+                views, boxes, params = self.augment(images, derive_seed(self.seed, self.epoch, b, 3))
                 rows = index.long()
                 yield Batch(
                     views=views,
@@ -212,6 +212,7 @@ class FFCVLoader:
                     label=None if self.labels is None else self.labels[rows],
                     num_global=self.recipe.num_global,
                     crop_boxes=boxes,
+                    aug_params=params,
                 )
         finally:  # an epoch left early (or a loader dropped) must not leave FFCV's reader thread running
             epoch.close()

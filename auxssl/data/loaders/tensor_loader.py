@@ -19,6 +19,7 @@ from auxssl.data.loaders.base import (
     shuffled_order,
     visible_labels,
 )
+from auxssl.data.params import identity_params, stack_views
 from auxssl.data.recipes import Recipe, ViewSpec
 from auxssl.noise.crops import crop_to_box, redraw_some_good
 from baselines.protocol import Batch
@@ -76,11 +77,31 @@ def _crop_to_corners(crop: Tensor) -> Tensor:
                         torch.stack([left, bottom], 1)], dim=1).float()
 
 
+def _recorded(step: nn.Module, params: dict[str, Tensor], record: dict[str, Tensor]) -> None:
+    """Write what ``step`` drew (its kornia ``params``) into the view's parameter ``record`` (`auxssl.data.params`);
+    samples it was not applied to keep their identity values."""
+    applied = params["batch_prob"].to(record["flip"].device) > 0.5
+    if isinstance(step, K.RandomHorizontalFlip):
+        record["flip"] = applied
+    elif isinstance(step, K.ColorJitter):
+        names = ("brightness_factor", "contrast_factor", "saturation_factor", "hue_factor")
+        factors = torch.stack([params[n].to(record["jitter"]) for n in names], dim=1)
+        record["jitter"] = torch.where(applied[:, None], factors, record["jitter"])
+    elif isinstance(step, K.RandomGrayscale):
+        record["grayscale"] = applied
+    elif isinstance(step, K.RandomGaussianBlur):
+        sigma = params["sigma"].to(record["blur_sigma"])
+        record["blur_sigma"] = torch.where(applied, sigma.reshape(len(applied), -1)[:, 0], 0.0)
+    elif isinstance(step, K.RandomSolarize):
+        record["solarize"] = applied
+
+
 class KorniaViews:
     """The views of uint8 image batches, augmented on their device by the recipe's kornia pipelines.
 
-    The crop parameters are drawn explicitly (`forward_parameters`, the same draws the crop would make), so every
-    batch comes with its crop boxes and ``good_crops`` can redraw the second view's crop (noise control).
+    Every random step's parameters are drawn explicitly (`forward_parameters`, the same draws the step would
+    make), so every batch comes with its crop boxes and augmentation parameters (`auxssl.data.params`) and
+    ``good_crops`` can redraw the second view's crop (noise control).
     """
 
     def __init__(self, recipe: Recipe, mean: Sequence[float], std: Sequence[float], device: torch.device,
@@ -90,30 +111,38 @@ class KorniaViews:
         self.augmentations = nn.ModuleList(kornia_augmentation(s, mean, std, batched) for s in recipe.views).to(device)
 
     @torch.no_grad()
-    def __call__(self, images: Tensor, seed: int) -> tuple[list[Tensor], Tensor | None]:
-        """All views of a uint8 batch, with the augmentation RNG seeded by ``seed`` (global RNG untouched), and
-        their crop boxes ``(V, B, 4)`` (None unless every view is cropped)."""
+    def __call__(self, images: Tensor, seed: int) -> tuple[list[Tensor], Tensor | None, dict[str, Tensor]]:
+        """All views of a uint8 batch, with the augmentation RNG seeded by ``seed`` (global RNG untouched), their
+        crop boxes ``(V, B, 4)`` (None unless every view is cropped) and augmentation parameters."""
         devices = [self.device] if self.device.type == "cuda" else []
         views: list[Tensor] = []
         crops: list[Tensor | None] = []
+        records: list[dict[str, Tensor]] = []
         with torch.random.fork_rng(devices=devices):
             torch.manual_seed(seed)
-            x = images.float().div_(255.0)
+            source = images.float().div_(255.0)
             for v, augment in enumerate(self.augmentations):
-                crop = augment[0]
-                if not isinstance(crop, K.RandomResizedCrop):
-                    views.append(augment(x))
-                    crops.append(None)
-                    continue
-                params = crop.forward_parameters(x.shape)  # the draws crop(x) would make, made visible
-                if v == 1 and self.good_crops is not None and crops[0] is not None:
-                    params["src"] = self._force_good(params["src"], crops[0], x.shape[-2:], seed)
-                views.append(augment[1:](crop(x, params=params)))
-                crops.append(_corners_to_crop(params["src"]).cpu())
+                record = identity_params(len(images), self.device)
+                x, crops_here = source, None
+                for step in augment:
+                    if not isinstance(step, K.AugmentationBase2D) or isinstance(step, K.Normalize):
+                        x = step(x)
+                        continue
+                    params = step.forward_parameters(x.shape)  # the draws step(x) would make, made visible
+                    if isinstance(step, K.RandomResizedCrop):
+                        if v == 1 and self.good_crops is not None and crops[0] is not None:
+                            params["src"] = self._force_good(params["src"], crops[0], x.shape[-2:], seed)
+                        crops_here = _corners_to_crop(params["src"]).cpu()
+                    x = step(x, params=params)
+                    _recorded(step, params, record)
+                views.append(x)
+                crops.append(crops_here)
+                records.append(record)
+        params = stack_views(records)
         if any(c is None for c in crops):
-            return views, None
+            return views, None, params
         size = torch.tensor([images.shape[-1], images.shape[-2]], dtype=torch.float64)
-        return views, torch.stack([crop_to_box(c, size) for c in crops]).to(self.device)
+        return views, torch.stack([crop_to_box(c, size) for c in crops]).to(self.device), params
 
     def _force_good(self, corners: Tensor, reference: Tensor, image_size: torch.Size, seed: int) -> Tensor:
         """Redraw the second view's crop of the samples forced to be good pairs."""
@@ -182,11 +211,12 @@ class TensorLoader:
             positions = order[b * self.batch_size : (b + 1) * self.batch_size]
             rows = self.rows[positions.numpy()]
             images = self.images[self.slots[positions].to(self.device)]
-            views, boxes = self.augment(images, derive_seed(self.seed, self.epoch, b, 2))
+            views, boxes, params = self.augment(images, derive_seed(self.seed, self.epoch, b, 2))
             yield Batch(
                 views=views,
                 index=torch.from_numpy(self.source_index[positions.numpy()]).to(self.device),
                 label=None if self.labels is None else visible_labels(self.labels, rows).to(self.device),
                 num_global=self.recipe.num_global,
                 crop_boxes=boxes,
+                aug_params=params,
             )

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Iterator, Sequence
+from typing import Any
 
 import numpy as np
 import torch
@@ -20,6 +21,7 @@ from auxssl.data.loaders.base import (
     shuffled_order,
     visible_labels,
 )
+from auxssl.data.params import IDENTITY, identity_params, stack_views
 from auxssl.data.recipes import Recipe, ViewSpec
 from auxssl.errors import InputError
 from auxssl.noise.crops import crop_to_box, redraw_some_good
@@ -50,6 +52,34 @@ def torchvision_transform(spec: ViewSpec, mean: Sequence[float], std: Sequence[f
     return v2.Compose(steps)
 
 
+def _run_recorded(steps: Sequence[torch.nn.Module], image: Any, record: dict[str, Tensor]) -> Any:
+    """Apply ``steps`` to one image, drawing each random step's parameters explicitly — the same draws, in the
+    same order, as the steps' own ``forward`` — and write them into the view's ``record`` (`auxssl.data.params`,
+    one sample)."""
+    for step in steps:
+        if isinstance(step, v2.RandomApply):  # colour jitter or blur, applied with probability p
+            if torch.rand(1) >= step.p:
+                continue
+            inner = step.transforms[0]
+            params = inner.make_params([image])
+            image = inner.transform(image, params)
+            if isinstance(inner, v2.ColorJitter):
+                names = ("brightness_factor", "contrast_factor", "saturation_factor", "hue_factor")
+                drawn = [params[n] if params[n] is not None else i for n, i in zip(names, IDENTITY["jitter"])]
+                record["jitter"][0] = torch.tensor(drawn)
+            elif isinstance(inner, v2.GaussianBlur):
+                record["blur_sigma"][0] = params["sigma"][0]
+        elif isinstance(step, (v2.RandomHorizontalFlip, v2.RandomGrayscale, v2.RandomSolarize)):
+            if torch.rand(1) >= step.p:
+                continue
+            image = step.transform(image, step.make_params([image]))
+            name = {v2.RandomHorizontalFlip: "flip", v2.RandomGrayscale: "grayscale", v2.RandomSolarize: "solarize"}
+            record[name[type(step)]][0] = True
+        else:
+            image = step(image)
+    return image
+
+
 class _SeededSampler(Sampler[tuple[int, int]]):
     """Yields ``(dataset position, per-sample seed)`` for one epoch; `set_epoch` selects the epoch."""
 
@@ -65,19 +95,20 @@ class _SeededSampler(Sampler[tuple[int, int]]):
             yield order[position], derive_seed(self.seed, self.epoch, position, 1)
 
 
-_Sample = tuple[list[Tensor], int, Tensor | None]
+_Sample = tuple[list[Tensor], int, Tensor | None, dict[str, Tensor]]
 
 
 class _MultiViewDataset(Dataset):
-    """Decodes one image and draws its views; the crop of each view is drawn explicitly (`make_params`, the same
-    draw the transform would make) so that its box is known and the second one can be forced to be good."""
+    """Decodes one image and draws its views; every random parameter is drawn explicitly (`make_params`, the same
+    draws the transforms would make) so that the crop boxes and augmentation parameters are known and the second
+    crop can be forced to be good."""
 
     def __init__(self, dataset: ImageDataset, transforms: list[v2.Compose], recipe: Recipe,
                  good_crops: GoodCrops | None) -> None:
         self.dataset, self.recipe, self.good_crops = dataset, recipe, good_crops
         self.crops = [t.transforms[0] if isinstance(t.transforms[0], v2.RandomResizedCrop) else None
                       for t in transforms]
-        self.rests = [v2.Compose(t.transforms[1:]) if c is not None else t for t, c in zip(transforms, self.crops)]
+        self.rests = [t.transforms[1:] if c is not None else t.transforms for t, c in zip(transforms, self.crops)]
 
     def __len__(self) -> int:
         return len(self.dataset)
@@ -103,10 +134,11 @@ class _MultiViewDataset(Dataset):
         with torch.random.fork_rng(devices=[]):
             torch.default_generator.manual_seed(seed)
             height, width = v2.functional.get_size(image)
-            views, crops = [], []
+            views, crops, records = [], [], []
             for v, (crop, rest) in enumerate(zip(self.crops, self.rests)):
+                records.append(identity_params(1))
                 if crop is None:
-                    views.append(rest(image))
+                    views.append(_run_recorded(rest, image, records[-1]))
                     continue
                 params = crop.make_params([image])
                 box = torch.tensor([[params["left"], params["top"], params["width"], params["height"]]])
@@ -114,12 +146,12 @@ class _MultiViewDataset(Dataset):
                     box = self._force_good(box, crops[0], height, width, seed)
                     params = dict(left=int(box[0, 0]), top=int(box[0, 1]), width=int(box[0, 2]), height=int(box[0, 3]))
                 crops.append(box)
-                views.append(rest(crop.transform(image, params)))
+                views.append(_run_recorded(rest, crop.transform(image, params), records[-1]))
             boxes = None
             if len(crops) == len(views):
                 size = torch.tensor([width, height], dtype=torch.float64)
                 boxes = torch.cat([crop_to_box(c, size) for c in crops])
-            return (views, row, boxes), failed
+            return (views, row, boxes, {k: v[:, 0] for k, v in stack_views(records).items()}), failed
 
     def _force_good(self, box: Tensor, reference: Tensor, height: int, width: int, seed: int) -> Tensor:
         spec, good = self.recipe.views[1], self.good_crops
@@ -128,12 +160,14 @@ class _MultiViewDataset(Dataset):
                                 good.fraction, good.min_iou, torch.Generator().manual_seed(derive_seed(seed, 6)))
 
 
-def _collate(samples: list[tuple[_Sample, list[int]]]) -> tuple[list[Tensor], Tensor, Tensor | None, list[int]]:
+def _collate(samples: list[tuple[_Sample, list[int]]]
+             ) -> tuple[list[Tensor], Tensor, Tensor | None, dict[str, Tensor], list[int]]:
     kept = [s for s, _ in samples]
     failed = [row for _, rows in samples for row in rows]
     views = [torch.stack([s[0][v] for s in kept]) for v in range(len(kept[0][0]))]
     boxes = None if kept[0][2] is None else torch.stack([s[2] for s in kept], dim=1)
-    return views, torch.tensor([s[1] for s in kept]), boxes, failed
+    params = {name: torch.stack([s[3][name] for s in kept], dim=1) for name in kept[0][3]}
+    return views, torch.tensor([s[1] for s in kept]), boxes, params, failed
 
 
 class TorchvisionLoader:
@@ -190,7 +224,7 @@ class TorchvisionLoader:
         return num_batches(len(self.dataset), self.batch_size, self.drop_last)
 
     def __iter__(self) -> Iterator[Batch]:
-        for views, rows, boxes, failed in self.loader:
+        for views, rows, boxes, params, failed in self.loader:
             if failed:
                 self.dataset.note_skipped(failed)
             skipped = len(failed)
@@ -201,6 +235,7 @@ class TorchvisionLoader:
                 label=visible_labels(self.labels, rows.numpy()),
                 num_global=self.recipe.num_global,
                 crop_boxes=boxes,
+                aug_params=params,
                 extra={"skipped": skipped},
             )
             yield batch.to(self.device, non_blocking=True)

@@ -192,24 +192,28 @@ def test_fp_injection_rate_matches_q_within_a_binomial_tolerance() -> None:
     assert abs(injected_total / samples - 0.2) < 4 * sigma
 
 
-def test_an_injected_view_brings_its_crop_box() -> None:
-    """fp injection swaps a sample's second view for another image's: that view's crop box moves with it (it
-    stayed behind before, describing a crop the sample no longer has)."""
+def test_an_injected_view_brings_its_crop_box_and_augmentation_parameters() -> None:
+    """fp injection swaps a sample's second view for another image's: that view's crop box and augmentation
+    parameters move with it (the box stayed behind before, describing a crop the sample no longer has)."""
     from auxssl.noise.positives import inject_false_positives
 
     batch = Batch([torch.arange(8.0)[:, None, None, None].expand(8, 3, 2, 2).clone() for _ in range(2)],
-                  crop_boxes=torch.stack([torch.rand(8, 4), torch.arange(8.0)[:, None].expand(8, 4)]))
+                  crop_boxes=torch.stack([torch.rand(8, 4), torch.arange(8.0)[:, None].expand(8, 4)]),
+                  aug_params={"blur_sigma": torch.stack([torch.rand(8), torch.arange(8.0)])})
     first_boxes = batch.crop_boxes[0].clone()
     injected = inject_false_positives(batch, 0.5, None, torch.Generator().manual_seed(0))
     assert injected.any() and not injected.all()
     source = batch.views[1][:, 0, 0, 0]  # which image's second view each sample now holds
     assert torch.equal(batch.crop_boxes[1][:, 0], source) and torch.equal(batch.crop_boxes[0], first_boxes)
+    assert torch.equal(batch.aug_params["blur_sigma"][1], source)
     assert torch.equal(source != torch.arange(8.0), injected)
 
 
-def test_batch_to_moves_extra_tensors() -> None:
-    moved = Batch([torch.zeros(2, 3, 4, 4)] * 2, extra={"flip": torch.ones(2), "note": "kept"}).to("meta")
+def test_batch_to_moves_extra_tensors_and_augmentation_parameters() -> None:
+    moved = Batch([torch.zeros(2, 3, 4, 4)] * 2, extra={"flip": torch.ones(2), "note": "kept"},
+                  aug_params={"jitter": torch.ones(2, 2, 4)}).to("meta")
     assert moved.extra["flip"].device.type == "meta" and moved.extra["note"] == "kept"
+    assert moved.aug_params["jitter"].device.type == "meta"
 
 
 def test_knobs_off_leave_loss_and_gradients_bit_identical(tiny_backbone) -> None:
@@ -235,11 +239,13 @@ def test_knobs_off_leave_loss_and_gradients_bit_identical(tiny_backbone) -> None
 
 
 def test_explicit_crop_draws_reproduce_the_kornia_pipeline() -> None:
-    """Drawing the crop parameters explicitly (to know the boxes) leaves the augmented views unchanged."""
-    recipe = get_recipe("simclr", 16)
+    """Drawing every step's parameters explicitly (to know the boxes and the augmentation parameters) leaves the
+    augmented views unchanged; BYOL's recipe has every kind of step (crop, flip, jitter, grayscale, blur,
+    solarize)."""
+    recipe = get_recipe("byol_imagenet", 16)
     views = KorniaViews(recipe, (0.5,) * 3, (0.25,) * 3, torch.device("cpu"))
     images = torch.randint(0, 256, (8, 3, 16, 16), dtype=torch.uint8)
-    explicit, boxes = views(images, seed=11)
+    explicit, boxes, _ = views(images, seed=11)
     with torch.random.fork_rng():
         torch.manual_seed(11)
         x = images.float() / 255
