@@ -63,6 +63,41 @@ class OnlineFeatures:
         return list(torch.cat(rows).split(batch.size))
 
 
+class OnlineFeatureRecorder:
+    """The one channel of a base method's online features: records what its online backbone computes from the
+    batch's views *while the method's forward runs* (forward hooks on the method arm and disarm it, so the tasks'
+    transformed copies, which reach the same backbone after the base call, and evaluations are never recorded).
+
+    `features` holds the last forward's per-view features with their gradient (`OnlineFeatures.split`), for the
+    tasks; `online_features` the same detached, for the online probe."""
+
+    def __init__(self, method: nn.Module) -> None:
+        self.method_name = type(method).__name__
+        self.features: list[Tensor] = []
+        self._recorded: list[Tensor] | None = None
+        self._batch: Batch | None = None
+        method.backbone.register_forward_hook(self._record)
+        method.register_forward_pre_hook(self._start)
+        method.register_forward_hook(self._stop)
+
+    def _start(self, module: nn.Module, args: tuple[Any, ...]) -> None:
+        self._recorded, self._batch = [], as_batch(args[0])
+
+    def _record(self, module: nn.Module, args: Any, output: Tensor) -> None:
+        if self._recorded is not None:
+            self._recorded.append(output)
+
+    def _stop(self, module: nn.Module, args: Any, output: Any) -> None:
+        recorded, self._recorded = self._recorded, None
+        assert recorded is not None and self._batch is not None
+        self.features = OnlineFeatures.split(recorded, self._batch, self.method_name)
+
+    @property
+    def online_features(self) -> list[Tensor]:
+        """The last forward's per-view features, detached."""
+        return [f.detach() for f in self.features]
+
+
 class AuxiliaryLoss(nn.ModuleList):
     """The λ-weighted sum of pretext-task losses, ``Σ_t λ_t · L_t``, computed through the caller's backbone: a
     list of `PretextTask` modules (its state dict holds their heads, ``"<i>.head.…"``) with a forward.

@@ -7,7 +7,7 @@ from typing import Any
 
 from torch import Tensor, nn
 
-from auxssl.auxiliary import AuxiliaryLoss, OnlineFeatures
+from auxssl.auxiliary import AuxiliaryLoss, OnlineFeatureRecorder
 from auxssl.tasks import PretextTask
 from baselines.backbones import feature_dim
 from baselines.ema import ema_update_pairs_
@@ -23,11 +23,11 @@ class AuxWrapper(nn.Module):
     ``loss/base``, and ``loss/<task>`` plus the task's metrics (``acc/<task>``) for every task.
 
     **The base method's online features** are the one channel from the base call to the tasks and the online
-    probe: while the base method runs, the wrapper records every output of its online backbone (a forward hook
-    armed only then, so the tasks' own backbone calls and evaluations are never recorded) and splits them into
-    one ``(B, D)`` tensor per view, in view order (`OnlineFeatures`). Tasks that declare ``uses_features = True``
-    receive them with their gradient (AugSelf predicts from them, no extra backbone pass); `online_features`
-    keeps the last forward's, detached, for the probe.
+    probe: while the base method runs, the wrapper's `OnlineFeatureRecorder` records every output of its online
+    backbone (armed only then, so the tasks' own backbone calls and evaluations are never recorded) as one
+    ``(B, D)`` tensor per view, in view order. Tasks that declare ``uses_features = True`` receive them with their
+    gradient (AugSelf predicts from them, no extra backbone pass); `online_features` is the last forward's,
+    detached, for the probe.
 
     Args:
         base: any module following `baselines.protocol.SSLMethod` (``backbone``, ``forward``,
@@ -50,14 +50,12 @@ class AuxWrapper(nn.Module):
         self.base = base
         #: The tasks and their heads: the same `AuxiliaryLoss` a user's own loop would call.
         self.tasks = AuxiliaryLoss(tasks, weights, feature_dim=feature_dim(base.backbone))
-        #: The base method's online features of the last forward's views, detached (for the online probe).
-        self.online_features: list[Tensor] = []
-        self._recorded: list[Tensor] | None = None
-        base.backbone.register_forward_hook(self._record)
+        self.recorder = OnlineFeatureRecorder(base)
 
-    def _record(self, module: nn.Module, args: Any, output: Tensor) -> None:
-        if self._recorded is not None:
-            self._recorded.append(output)
+    @property
+    def online_features(self) -> list[Tensor]:
+        """The base method's online features of the last forward's views, detached (for the online probe)."""
+        return self.recorder.online_features
 
     @property
     def backbone(self) -> nn.Module:
@@ -102,16 +100,9 @@ class AuxWrapper(nn.Module):
 
     def forward(self, batch: Batch | Sequence[Tensor]) -> dict[str, Tensor]:
         batch = as_batch(batch)
-        self._recorded = []
-        try:
-            out = dict(self.base(batch))
-            recorded = self._recorded
-        finally:
-            self._recorded = None
-        features = OnlineFeatures.split(recorded, batch, type(self.base).__name__)
-        self.online_features = [f.detach() for f in features]
+        out = dict(self.base(batch))
         out["loss/base"] = out["loss"]
-        auxiliary = self.tasks(self.base.backbone, batch, features)
+        auxiliary = self.tasks(self.base.backbone, batch, self.recorder.features)
         terms = {name: value for name, value in auxiliary.items() if name != "loss"}
         collisions = sorted(set(terms) & set(out))
         if collisions:

@@ -22,6 +22,7 @@ from torch import Tensor, nn
 from torch.nn.modules.batchnorm import _BatchNorm
 from torch.utils.checkpoint import checkpoint
 
+from auxssl.auxiliary import OnlineFeatureRecorder
 from auxssl.config import NoiseConfig, RunConfig, TaskConfig, from_dict, load_config, save_config, to_dict
 from auxssl.data.loaders.base import derive_seed
 from auxssl.engine.build import (
@@ -75,6 +76,7 @@ from auxssl.eval.tracker import (
     write_run_info,
 )
 from auxssl.noise.control import NoiseControl
+from auxssl.wrapper import AuxWrapper
 from baselines.backbones import feature_dim
 from baselines.protocol import Batch
 
@@ -279,6 +281,8 @@ class Trainer:
                 raise InputError("eval.online_linear needs revealed labels: set data.reveal_labels > 0")
             num_classes = int(self.train_set.labels.max()) + 1
             self.online_probe = OnlineLinearProbe(feature_dim(self.model.backbone), num_classes).to(self.device)
+            #: the base method's online features: the wrapper's recorder, or one on a method without tasks
+            self.features = self.model if isinstance(self.model, AuxWrapper) else OnlineFeatureRecorder(self.model)
 
         self.step = 0
         self.epoch = 0
@@ -490,9 +494,9 @@ class Trainer:
             self.optimizer.step()
         if self.tau_schedule is not None:
             self.model.momentum_update(float(self.tau_schedule[self.step]))
-        if self.online_probe is not None and batch.label is not None and self.model.online_features:
-            # the base method's online features of the first view (`AuxWrapper.online_features`)
-            out.update(self.online_probe.update(self.model.online_features[0], batch.label))  # incl. PROBE_LABELLED
+        if self.online_probe is not None and batch.label is not None and self.features.online_features:
+            # the base method's online features of the first view (`OnlineFeatureRecorder`)
+            out.update(self.online_probe.update(self.features.online_features[0], batch.label))  # incl. PROBE_LABELLED
         out.update(noise)
         out["lr"] = lr
         return out

@@ -206,15 +206,17 @@ def test_subsets_are_random_samples_covering_every_class(tmp_path: Path) -> None
     assert random_subset(dataset, None) is dataset
 
 
-def test_online_probe_gets_only_the_current_training_features(tmp_path: Path) -> None:
-    """An evaluation between steps must not leave its features for the probe (they were paired with the next
-    step's labels before)."""
+@pytest.mark.parametrize("tasks", [(), ("tasks=[]",)], ids=["with_rotation", "without_tasks"])
+def test_online_probe_gets_only_the_current_training_features(tmp_path: Path, tasks: tuple[str, ...]) -> None:
+    """The probe gets the base method's features of the first view of the current step, with or without tasks
+    (a method without tasks is not wrapped); an evaluation between steps must not leave its features for the
+    probe (they were paired with the next step's labels before)."""
     import copy
 
-    config = load_config(None, tiny(tmp_path, "tap", "eval.online_linear=true", "data.reveal_labels=1.0"))
+    config = load_config(None, tiny(tmp_path, "tap", "eval.online_linear=true", "data.reveal_labels=1.0", *tasks))
     trainer = Trainer(config)
     trainer.evaluate()
-    assert trainer.model.online_features == []  # evaluation passes are never recorded
+    assert trainer.features.online_features == []  # evaluation passes are never recorded
     received: list[tuple[torch.Tensor, torch.Tensor]] = []
     trainer.online_probe.update = lambda features, labels: received.append((features, labels)) or {}
     batch = next(iter(trainer.loader))
