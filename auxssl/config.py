@@ -332,7 +332,10 @@ def validate(config: RunConfig) -> None:
     try:  # registered names or import paths (module:Class), resolved now rather than when training starts
         method_class(config.model.method)
         for i, task in enumerate(config.tasks):
-            task_class(task.name, f"tasks[{i}].name")
+            if getattr(task_class(task.name, f"tasks[{i}].name"), "uses_features", False) and \
+                    config.model.method == "none":
+                raise ConfigError(f"tasks[{i}].name={task.name} predicts from the features the base method computes "
+                                  "from the views, and model.method=none computes none; name a base method")
     except InputError as err:
         raise ConfigError(str(err)) from None
     for key, (value, valid) in choices.items():

@@ -12,6 +12,9 @@ configuration alike. Configurations:
 - ``lightly_byol``: lightly's ``BYOLProjectionHead``/``BYOLPredictionHead`` (the same 4096→256 MLPs),
   ``NegativeCosineSimilarity`` and ``update_momentum``, on the same backbone, batch, optimiser and precision.
 - ``byol_rotation`` / ``byol_rotation16``: `AuxWrapper(BYOL)` with rotation prediction at full / half resolution.
+- ``byol_jigsaw``: `AuxWrapper(BYOL)` with 2×2 jigsaw prediction.
+- ``byol_augself``: `AuxWrapper(BYOL)` with AugSelf (crop, colour and flip heads on the base method's features, no
+  backbone pass of its own; target ≤ 1.05× the BYOL step, ``byol_augself_overhead``).
 
 FLOP bound of the rotation overhead: a BYOL step costs 8 forward-equivalents per image (online forward 2 views,
 backward ≈ 2× forward, target forward 2 views); rotation adds 6 (forward + backward of the 2 rotated copies), or
@@ -31,8 +34,10 @@ import torch
 from machine import machine_info  # benchmarks/ is on sys.path when a benchmark script runs
 from torch import Tensor, nn
 
-from auxssl import AuxWrapper, RotationPrediction
-from baselines import BYOL, build_backbone
+from auxssl import AuxWrapper, JigsawPrediction, RotationPrediction
+from auxssl.data.params import identity_params, stack_views
+from auxssl.tasks import AugSelf
+from baselines import BYOL, Batch, build_backbone
 
 ROTATION_BOUND = {"byol_rotation": 14 / 8, "byol_rotation16": 9.5 / 8}
 
@@ -83,12 +88,28 @@ def build(name: str, device: torch.device) -> tuple[nn.Module, Callable[[list[Te
         model = BYOL(backbone)
         if name.startswith("byol_rotation"):
             model = AuxWrapper(model, [RotationPrediction(weight=0.1, size=16 if name.endswith("16") else None)])
+        elif name == "byol_jigsaw":
+            model = AuxWrapper(model, [JigsawPrediction()])
+        elif name == "byol_augself":
+            model = AuxWrapper(model, [AugSelf(flip=1.0)])
         params = model.param_groups()
 
         def loss_of(views: list[Tensor]) -> Tensor:
-            return model(views)["loss"]
+            return model(with_augmentation_parameters(views) if name == "byol_augself" else views)["loss"]
     model.to(device, memory_format=torch.channels_last)
     return model, loss_of, torch.optim.SGD(params, lr=0.05, momentum=0.9)
+
+
+def with_augmentation_parameters(views: list[Tensor]) -> Batch:
+    """The views with random crop boxes and augmentation parameters (what a loader records), for AugSelf."""
+    n, g = len(views[0]), torch.Generator().manual_seed(0)
+    corner = torch.rand(2, n, 2, generator=g) * 0.5
+    params = stack_views([identity_params(n), identity_params(n)])
+    params["flip"] = torch.rand(2, n, generator=g) < 0.5
+    params["jitter"] = 1 + 0.4 * (torch.rand(2, n, 4, generator=g) - 0.5)
+    boxes = torch.cat([corner, corner + 0.5], dim=2)
+    device = views[0].device
+    return Batch(views, crop_boxes=boxes.to(device), aug_params={k: v.to(device) for k, v in params.items()})
 
 
 def timed_steps(name: str, setup: tuple, views: list[Tensor], dtype: torch.dtype | None, steps: int) -> float:
@@ -129,7 +150,8 @@ def main() -> None:
     parser.add_argument("--rounds", type=int, default=3, help="interleaved rounds; the best is kept")
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     parser.add_argument("--precision", choices=("fp32", "bf16"), default="fp32")
-    parser.add_argument("--configs", nargs="*", default=["byol", "lightly_byol", "byol_rotation", "byol_rotation16"])
+    parser.add_argument("--configs", nargs="*", default=["byol", "lightly_byol", "byol_rotation", "byol_rotation16",
+                                                         "byol_jigsaw", "byol_augself"])
     args = parser.parse_args()
     device = torch.device(args.device)
     dtype = torch.bfloat16 if args.precision == "bf16" else None
@@ -155,6 +177,10 @@ def main() -> None:
             results[f"{name}_overhead"] = round(ratio, 3)
             results[f"{name}_flop_bound"] = round(bound, 3)
             print(f"{name}: {ratio:.3f}× the BYOL step (FLOP bound {bound:.3f}×, {100 * (ratio / bound - 1):+.1f}%)")
+    for name in ("byol_jigsaw", "byol_augself"):
+        if name in best and "byol" in best:
+            results[f"{name}_overhead"] = round(best[name] / best["byol"], 3)
+            print(f"{name}: {results[f'{name}_overhead']:.3f}× the BYOL step")
     print(json.dumps(results))
 
 

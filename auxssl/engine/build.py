@@ -113,8 +113,12 @@ def build_model(config: RunConfig) -> nn.Module:
         return method
     tasks = []
     for task in config.tasks:
+        cls = task_class(task.name)
+        # a task that normalises by the augmentation settings (AugSelf) declares it and gets the data recipe
+        recipe = {"recipe": get_recipe(config.data.recipe, config.data.image_size)} if getattr(
+            cls, "takes_recipe", False) else {}
         try:
-            tasks.append(task_class(task.name)(weight=task.weight, **task.args))
+            tasks.append(cls(weight=task.weight, **recipe, **task.args))
         except TypeError as err:
             raise InputError(f"tasks: args do not fit {task.name}: {err}") from err
     return AuxWrapper(method, tasks)

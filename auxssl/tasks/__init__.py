@@ -6,14 +6,16 @@ outside auxssl is named in configs by import path, ``module:Class`` (`auxssl.plu
 
 from torch import nn
 
+from auxssl.tasks.augself import AugSelf
 from auxssl.tasks.base import ClassificationPretextTask, PretextTask
 from auxssl.tasks.jigsaw import JigsawPrediction, permute_tiles
 from auxssl.tasks.rotation import RotationPrediction, rotate
 
 #: The tasks a config names (``tasks: [{name: rotation}]``); the one list of them.
-TASKS: dict[str, type[nn.Module]] = {"rotation": RotationPrediction, "jigsaw": JigsawPrediction}
+TASKS: dict[str, type[nn.Module]] = {"rotation": RotationPrediction, "jigsaw": JigsawPrediction, "augself": AugSelf}
 
 __all__ = [
+    "AugSelf",
     "ClassificationPretextTask",
     "JigsawPrediction",
     "PretextTask",

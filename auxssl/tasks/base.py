@@ -29,6 +29,8 @@ class PretextTask(Protocol):
     Optional: ``uses_features = True`` declares ``forward(backbone, batch, features)``, where ``features`` are
     the base method's online features of the views (one ``(B, D)`` tensor per view, with their gradient;
     `auxssl.auxiliary.OnlineFeatures`): a task predicting from them needs no backbone pass of its own.
+    ``takes_recipe = True``: the trainer passes the data recipe (``recipe=``, a `auxssl.data.Recipe`) to the
+    constructor, for a task that depends on the augmentation settings.
     """
 
     name: str
