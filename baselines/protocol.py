@@ -32,6 +32,8 @@ class Batch:
             ``(B, queue size)`` for a queue (MoCo).
         crop_boxes: optional ``(V, B, 4)`` crop box of every view in its source image, ``(x0, y0, x1, y1)`` as
             fractions of the image's width and height (noise control and measurement of false positives).
+        task_views: further views for the auxiliary tasks alone (`auxssl.data.Recipe.task_views`, e.g. E-SSL's
+            small crop); base methods never read them.
         aug_params: optional augmentation parameters each view was drawn with, ``name → (V, B, …)`` tensor
             (``flip``, ``jitter``, ``grayscale``, ``blur_sigma``, ``solarize``; `auxssl.data.params`), recorded by
             every loader backend; what AugSelf predicts the differences of.
@@ -45,12 +47,13 @@ class Batch:
     negative_weight: Tensor | None = None
     crop_boxes: Tensor | None = None
     aug_params: dict[str, Tensor] | None = None
+    task_views: list[Tensor] = field(default_factory=list)
     extra: dict[str, Any] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
         if len(self.views) == 0:
             raise ValueError("Batch needs at least one view")
-        sizes = {v.shape[0] for v in self.views}
+        sizes = {v.shape[0] for v in [*self.views, *self.task_views]}
         if len(sizes) != 1:
             raise ValueError(f"all views must hold the same number of samples, got sizes {sorted(sizes)}")
         if not 1 <= self.num_global <= len(self.views):
@@ -75,6 +78,7 @@ class Batch:
             positive_weight=move(self.positive_weight),
             negative_weight=move(self.negative_weight),
             crop_boxes=move(self.crop_boxes),
+            task_views=[v.to(device, non_blocking=non_blocking) for v in self.task_views],
             aug_params=None if self.aug_params is None else {k: v.to(device, non_blocking=non_blocking)
                                                              for k, v in self.aug_params.items()},
             extra={k: v.to(device, non_blocking=non_blocking) if isinstance(v, Tensor) else v

@@ -48,12 +48,20 @@ class ViewSpec:
 
 @dataclass(frozen=True)
 class Recipe:
-    """A named multi-view recipe: the views in order, the first ``num_global`` being global crops."""
+    """A named multi-view recipe: the views in order, the first ``num_global`` being global crops, and the
+    ``task_views``: further views drawn for the auxiliary tasks alone (``Batch.task_views``; the base method
+    never sees them), such as E-SSL's small crop whose four rotations are predicted."""
 
     name: str
     views: tuple[ViewSpec, ...]
     num_global: int = 2
     description: str = field(default="", compare=False)
+    task_views: tuple[ViewSpec, ...] = ()
+
+    @property
+    def all_views(self) -> tuple[ViewSpec, ...]:
+        """The base method's views, then the task views: what a loader draws, in this order."""
+        return self.views + self.task_views
 
 
 def _local_size(image_size: int) -> int:
@@ -121,6 +129,15 @@ def ffcv_gaussian_noise(image_size: int = 32, noise_std: float = 0.1) -> Recipe:
     return Recipe("ffcv_gaussian_noise", (view, view), description=ffcv_gaussian_noise.__doc__ or "")
 
 
+def essl(image_size: int = 32) -> Recipe:
+    """E-SSL's CIFAR recipe (Dangovski et al., ICLR 2022; rdangovs/essl ``cifar10/main.py``): two views with crop
+    0.2–1, flip, jitter 0.4/0.4/0.4/0.1 p=0.8, grayscale p=0.2, no blur, and for the rotation task a separate crop
+    at half the side (16 px at 32) with the same steps (``task_views``)."""
+    view = ViewSpec(size=image_size, scale=(0.2, 1.0), jitter=(0.4, 0.4, 0.4, 0.1))
+    return Recipe("essl", (view, view), task_views=(replace(view, size=image_size // 2),),
+                  description=essl.__doc__ or "")
+
+
 def linear_eval(image_size: int = 32) -> Recipe:
     """The augmented linear-probe protocol: random resized crop 0.08–1 and horizontal flip, one view."""
     view = ViewSpec(size=image_size, jitter_p=0.0, grayscale_p=0.0)
@@ -134,6 +151,7 @@ RECIPES = {
     "byol_cifar": byol_cifar,
     "byol_imagenet": byol_imagenet,
     "swav_multicrop": swav_multicrop,
+    "essl": essl,
     "ffcv_crop_grayscale": ffcv_crop_grayscale,
     "ffcv_gaussian_noise": ffcv_gaussian_noise,
     "linear_eval": linear_eval,

@@ -27,6 +27,12 @@ def rotate(images: Tensor, k: Tensor) -> Tensor:
 class RotationPrediction(ClassificationPretextTask):
     """Predict the rotation (0°, 90°, 180°, 270°) of rotated copies of the views.
 
+    Rotation prediction assumes that an image's orientation is not already arbitrary: on data whose rotated
+    copies occur naturally (aerial and satellite images, microscopy, textures; E-SSL issue #3) the task cannot be
+    solved, its accuracy stays near chance (25 %) whatever the representation, and its gradient is noise rather
+    than signal. A rotation accuracy near chance on such data says nothing about the features; prefer another
+    task (jigsaw, AugSelf) there.
+
     Loss, as the official code computes it (EffSSL ``main_swav_rotnet.py``: ``CE(rot_pred1, t1) +
     CE(rot_pred2, t2)``): ``Σ_m (1/B) Σ_i CE(h(f(rot_k(x_i^m))), k_i^m)``, the sum over the selected views of
     each view's mean cross-entropy (2·ln 4 ≈ 2.77 at chance with two views), weighted by ``weight``
@@ -35,7 +41,8 @@ class RotationPrediction(ClassificationPretextTask):
 
     Args:
         mode: ``"random"`` draws one k ∈ {0, 1, 2, 3} per image and view (the paper);
-            ``"all"`` feeds all four rotations of every image (as in E-SSL, Dangovski et al. 2022).
+            ``"all"`` feeds all four rotations of every selected view: an E-SSL-style variant on the base method's
+            views with this task's head; E-SSL itself (a separate small crop, a LayerNorm head) is `ESSLRotation`.
         views, size, hidden_dim, generator, batch_views: see `ClassificationPretextTask`.
     """
 

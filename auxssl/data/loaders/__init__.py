@@ -61,7 +61,7 @@ def build_loader(
     if backend == "tensor":
         return TensorLoader(dataset, recipe, batch_size, **common)
     if backend == "ffcv":
-        size = dataset.storage_size(max(spec.size for spec in recipe.views))
+        size = dataset.storage_size(max(spec.size for spec in recipe.all_views))
         path = Path(beton_path) if beton_path else beton_cache_path(dataset, size)
         if not path.exists():
             write_beton(dataset, path, size=size)

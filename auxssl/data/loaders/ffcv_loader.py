@@ -204,7 +204,7 @@ class FFCVLoader:
                 self._threads.restore()
                 if b < self.start_batch:
                     continue
-                views, boxes, params = self.augment(images, derive_seed(self.seed, self.epoch, b, 3))
+                views, boxes, params, task_views = self.augment(images, derive_seed(self.seed, self.epoch, b, 3))
                 rows = index.long()
                 yield Batch(
                     views=views,
@@ -213,6 +213,7 @@ class FFCVLoader:
                     num_global=self.recipe.num_global,
                     crop_boxes=boxes,
                     aug_params=params,
+                    task_views=task_views,
                 )
         finally:  # an epoch left early (or a loader dropped) must not leave FFCV's reader thread running
             epoch.close()

@@ -108,12 +108,15 @@ class KorniaViews:
                  good_crops: GoodCrops | None = None) -> None:
         self.recipe, self.device, self.good_crops = recipe, device, good_crops
         batched = device.type == "cuda"  # one warp per view and batch on a GPU; per-image crops on a CPU (faster)
-        self.augmentations = nn.ModuleList(kornia_augmentation(s, mean, std, batched) for s in recipe.views).to(device)
+        self.augmentations = nn.ModuleList(kornia_augmentation(s, mean, std, batched)
+                                           for s in recipe.all_views).to(device)
 
     @torch.no_grad()
-    def __call__(self, images: Tensor, seed: int) -> tuple[list[Tensor], Tensor | None, dict[str, Tensor]]:
-        """All views of a uint8 batch, with the augmentation RNG seeded by ``seed`` (global RNG untouched), their
-        crop boxes ``(V, B, 4)`` (None unless every view is cropped) and augmentation parameters."""
+    def __call__(self, images: Tensor, seed: int
+                 ) -> tuple[list[Tensor], Tensor | None, dict[str, Tensor], list[Tensor]]:
+        """The views of a uint8 batch, with the augmentation RNG seeded by ``seed`` (global RNG untouched), their
+        crop boxes ``(V, B, 4)`` (None unless every view is cropped), augmentation parameters, and the task
+        views (`Recipe.task_views`, drawn last; no boxes or parameters)."""
         devices = [self.device] if self.device.type == "cuda" else []
         views: list[Tensor] = []
         crops: list[Tensor | None] = []
@@ -138,11 +141,13 @@ class KorniaViews:
                 views.append(x)
                 crops.append(crops_here)
                 records.append(record)
-        params = stack_views(records)
+        n = len(self.recipe.views)
+        views, task_views, crops = views[:n], views[n:], crops[:n]
+        params = stack_views(records[:n])
         if any(c is None for c in crops):
-            return views, None, params
+            return views, None, params, task_views
         size = torch.tensor([images.shape[-1], images.shape[-2]], dtype=torch.float64)
-        return views, torch.stack([crop_to_box(c, size) for c in crops]).to(self.device), params
+        return views, torch.stack([crop_to_box(c, size) for c in crops]).to(self.device), params, task_views
 
     def _force_good(self, corners: Tensor, reference: Tensor, image_size: torch.Size, seed: int) -> Tensor:
         """Redraw the second view's crop of the samples forced to be good pairs."""
@@ -185,7 +190,7 @@ class TensorLoader:
     ) -> None:
         self.device = torch.device(device)
         if images is None:  # mixed-size images are stored at the recipe's largest view size
-            images, rows = dataset.to_uint8(dataset.storage_size(max(spec.size for spec in recipe.views)))
+            images, rows = dataset.to_uint8(dataset.storage_size(max(spec.size for spec in recipe.all_views)))
         decoded_rows = np.arange(len(images)) if rows is None else np.asarray(rows)
         self.images = images.to(self.device)
         self.skipped = len(dataset) - len(decoded_rows)
@@ -211,7 +216,7 @@ class TensorLoader:
             positions = order[b * self.batch_size : (b + 1) * self.batch_size]
             rows = self.rows[positions.numpy()]
             images = self.images[self.slots[positions].to(self.device)]
-            views, boxes, params = self.augment(images, derive_seed(self.seed, self.epoch, b, 2))
+            views, boxes, params, task_views = self.augment(images, derive_seed(self.seed, self.epoch, b, 2))
             yield Batch(
                 views=views,
                 index=torch.from_numpy(self.source_index[positions.numpy()]).to(self.device),
@@ -219,4 +224,5 @@ class TensorLoader:
                 num_global=self.recipe.num_global,
                 crop_boxes=boxes,
                 aug_params=params,
+                task_views=task_views,
             )

@@ -139,16 +139,19 @@ class _MultiViewDataset(Dataset):
                 records.append(identity_params(1))
                 if crop is None:
                     views.append(_run_recorded(rest, image, records[-1]))
+                    crops.append(None)
                     continue
                 params = crop.make_params([image])
                 box = torch.tensor([[params["left"], params["top"], params["width"], params["height"]]])
-                if v == 1 and self.good_crops is not None and crops:
+                if v == 1 and self.good_crops is not None and crops[0] is not None:
                     box = self._force_good(box, crops[0], height, width, seed)
                     params = dict(left=int(box[0, 0]), top=int(box[0, 1]), width=int(box[0, 2]), height=int(box[0, 3]))
                 crops.append(box)
                 views.append(_run_recorded(rest, crop.transform(image, params), records[-1]))
+            n = len(self.recipe.views)  # the task views (drawn last) have no boxes or parameters in the batch
+            crops, records = crops[:n], records[:n]
             boxes = None
-            if len(crops) == len(views):
+            if all(c is not None for c in crops):
                 size = torch.tensor([width, height], dtype=torch.float64)
                 boxes = torch.cat([crop_to_box(c, size) for c in crops])
             return (views, row, boxes, {k: v[:, 0] for k, v in stack_views(records).items()}), failed
@@ -201,7 +204,7 @@ class TorchvisionLoader:
         rows = np.arange(len(dataset))
         epoch_order = order(rows) if order is not None else shuffled_order(len(dataset), seed, shuffle)
         self.sampler = _SeededSampler(len(dataset), seed, epoch_order)
-        transforms = [torchvision_transform(spec, dataset.mean, dataset.std) for spec in recipe.views]
+        transforms = [torchvision_transform(spec, dataset.mean, dataset.std) for spec in recipe.all_views]
         self.loader = DataLoader(
             _MultiViewDataset(dataset, transforms, recipe, good_crops),
             batch_size=batch_size,
@@ -224,13 +227,15 @@ class TorchvisionLoader:
         return num_batches(len(self.dataset), self.batch_size, self.drop_last)
 
     def __iter__(self) -> Iterator[Batch]:
+        n = len(self.recipe.views)
         for views, rows, boxes, params, failed in self.loader:
             if failed:
                 self.dataset.note_skipped(failed)
             skipped = len(failed)
             self.skipped += skipped
             batch = Batch(
-                views=views,
+                views=views[:n],
+                task_views=views[n:],
                 index=self.source_index[rows],
                 label=visible_labels(self.labels, rows.numpy()),
                 num_global=self.recipe.num_global,

@@ -245,7 +245,7 @@ def test_explicit_crop_draws_reproduce_the_kornia_pipeline() -> None:
     recipe = get_recipe("byol_imagenet", 16)
     views = KorniaViews(recipe, (0.5,) * 3, (0.25,) * 3, torch.device("cpu"))
     images = torch.randint(0, 256, (8, 3, 16, 16), dtype=torch.uint8)
-    explicit, boxes, _ = views(images, seed=11)
+    explicit, boxes, _, _ = views(images, seed=11)
     with torch.random.fork_rng():
         torch.manual_seed(11)
         x = images.float() / 255

@@ -1,4 +1,4 @@
-"""AugSelf (Lee et al. 2021) against computations written independently of `auxssl.tasks.augself`."""
+"""AugSelf (Lee et al. 2021) and exact E-SSL (Dangovski et al. 2022) against computations written independently."""
 
 from __future__ import annotations
 
@@ -140,3 +140,51 @@ def test_it_trains_from_a_config_with_the_recipes_jitter(tmp_path: Path) -> None
     assert math.isfinite(last["loss/augself"])
     with pytest.raises(ConfigError, match="model.method=none computes none"):
         load_config(None, tiny(tmp_path, "none", "model.method=none", "tasks=[{name: augself}]"))
+
+
+def test_essl_rotates_the_task_view_as_the_official_rotate_images() -> None:
+    """The four blocks are E-SSL's ``rotate_images`` written out: 90° = flip(3).transpose(2, 3), 180° = flip(3)
+    .flip(2), 270° = transpose(2, 3).flip(3); labels 0-3 per block."""
+    from auxssl.tasks.essl import four_rotations
+
+    x = torch.rand(3, 2, 5, 5)
+    rotated, labels = four_rotations(x)
+    official = torch.cat([x, x.flip(3).transpose(2, 3), x.flip(3).flip(2), x.transpose(2, 3).flip(3)])
+    assert torch.equal(rotated, official)
+    assert labels.tolist() == [0] * 3 + [1] * 3 + [2] * 3 + [3] * 3
+
+
+def test_essl_is_one_backbone_call_on_the_small_crop_with_a_layer_norm_head() -> None:
+    from auxssl.tasks import ESSLRotation
+
+    torch.manual_seed(0)
+    task = ESSLRotation(hidden_dim=32)
+    task.build(D)
+    assert [type(m).__name__ for m in task.head] == ["Linear", "LayerNorm", "ReLU", "Linear", "LayerNorm", "ReLU",
+                                                     "Linear"]
+    backbone = small_backbone()
+    calls: list[tuple[int, ...]] = []
+    backbone.register_forward_hook(lambda module, args, out: calls.append(tuple(args[0].shape)))
+    small = torch.rand(B, 3, 4, 4)
+    batch = Batch([torch.rand(B, 3, 8, 8)] * 2, task_views=[small])
+    out = task(backbone, batch)
+    assert calls == [(4 * B, 3, 4, 4)]  # the four rotations of the separate crop, one call
+    from auxssl.tasks.essl import four_rotations
+
+    images, labels = four_rotations(small)
+    expected = F.cross_entropy(task.head(backbone(images)), labels)  # the mean over all 4B copies
+    torch.testing.assert_close(out["loss"], expected)
+    with pytest.raises(ValueError, match="data.recipe=essl"):
+        task(backbone, Batch([torch.rand(B, 3, 8, 8)] * 2))
+
+
+def test_essl_trains_from_a_config_with_its_recipe(tmp_path: Path) -> None:
+    """The essl recipe draws the 16 px crop as a task view (the base method still gets exactly two views)."""
+    config = load_config(None, tiny(tmp_path, "essl", "tasks=[{name: essl, weight: 0.4}]", "data.recipe=essl",
+                                    "data.image_size=16", "train.epochs=1"))
+    recipe = get_recipe("essl", 32)
+    assert [v.size for v in recipe.views] == [32, 32] and [v.size for v in recipe.task_views] == [16]
+    assert recipe.task_views[0].scale == (0.2, 1.0)
+    train(config)
+    last = read_metrics(config.run_dir, "train")[-1]
+    assert {"loss/essl", "acc/essl"} <= set(last) and math.isfinite(last["loss/essl"])
