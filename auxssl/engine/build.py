@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import random
 from typing import NamedTuple
 
 import numpy as np
@@ -171,3 +172,14 @@ def build_train_loader(
         order=None if noise is None else noise.order(np.asarray(train.labels), local_batch),
         good_crops=None if noise is None else noise.good_crops(),
     )
+
+
+def seed_everything(seed: int, deterministic: bool) -> None:
+    """Seed every generator; ``deterministic``: deterministic kernels, else cuDNN autotuning (SSL batches keep
+    one shape, so the tuned convolutions are reused every step)."""
+    random.seed(seed)
+    np.random.seed(seed)
+    torch.manual_seed(seed)
+    if deterministic:
+        torch.use_deterministic_algorithms(True, warn_only=True)
+    torch.backends.cudnn.benchmark = not deterministic

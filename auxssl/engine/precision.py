@@ -3,9 +3,11 @@
 from __future__ import annotations
 
 import contextlib
+import logging
 from dataclasses import dataclass
 
 import torch
+from torch import nn
 
 from auxssl.errors import InputError
 
@@ -80,3 +82,22 @@ def resolve_precision(name: str, device: torch.device) -> Precision:
             raise InputError("fp16 mixed precision needs CUDA; use bf16 or fp32 on CPU")
         return Precision(torch.float16, device.type)
     raise InputError(f"unknown precision {name!r}; choose one of {', '.join(PRECISIONS)}")
+
+
+logger = logging.getLogger("auxssl")
+
+#: Convolutions narrower than this are kept in the default layout on CPU (see `channels_last_is_safe`).
+MIN_CHANNELS_LAST_WIDTH = 16
+
+
+def channels_last_is_safe(model: nn.Module, device: torch.device) -> bool:
+    """False on CPU when a convolution has fewer than 16 output channels (e.g. ``model.width: 8``): with torch 2.15,
+    oneDNN's channels-last convolution backward with 8 channels corrupts the heap as soon as the batch size changes
+    (a batch shortened by a skipped image, a last batch), reproduced with a bare ResNet; the default layout is
+    unaffected."""
+    narrow = any(isinstance(m, nn.Conv2d) and m.out_channels < MIN_CHANNELS_LAST_WIDTH for m in model.modules())
+    if device.type == "cpu" and narrow:
+        logger.info("channels_last off: convolutions narrower than %d channels (oneDNN issue on CPU)",
+                    MIN_CHANNELS_LAST_WIDTH)
+        return False
+    return True

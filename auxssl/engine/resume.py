@@ -1,10 +1,23 @@
-"""Resuming safely: a run continues only under the configuration it was started with (unless told otherwise)."""
+"""Resuming safely (a run continues only under the configuration it was started with, unless told otherwise, and
+every process takes back its own state) and starting from given backbone weights."""
 
 from __future__ import annotations
 
-from typing import Any
+import logging
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
 
-from auxssl.errors import UserError
+from auxssl.config import RunConfig, from_dict, load_config, to_dict
+from auxssl.data.loaders.base import derive_seed
+from auxssl.engine.build import process_seed, seed_everything
+from auxssl.engine.checkpoint import find_last_checkpoint, load_checkpoint, restore_process_state, set_rng_state
+from auxssl.errors import InputError, UserError
+from auxssl.eval.tracker import TrainClock
+
+if TYPE_CHECKING:
+    from auxssl.engine.trainer import Trainer
+
+logger = logging.getLogger("auxssl")
 
 #: Settings that do not change what a run computes, free to differ when resuming.
 FREE_TO_CHANGE = ("name", "output_dir", "train.device", "train.progress", "data.num_workers", "logging.")
@@ -51,3 +64,72 @@ def check_same_config(saved: dict[str, Any], requested: dict[str, Any], where: s
             differences,
         )
     return differences
+
+
+def resume_run(trainer: Trainer, path: Path | None, allow_config_change: bool) -> bool:
+    """Restore ``trainer`` from ``path`` (default: the run's last checkpoint), after checking that the settings are
+    the run's own (`check_same_config`); returns whether a setting was changed (with ``allow_config_change``)."""
+    changed = False
+    requested = to_dict(trainer.config)
+    saved_config = trainer.run_dir / "config.yaml"
+    if saved_config.exists():  # the run's own settings, also when it stopped before its first checkpoint
+        saved = to_dict(load_config(saved_config))
+        for line in check_same_config(saved, requested, str(trainer.run_dir), allow_config_change):
+            logger.warning("resuming with a changed setting: %s", line)
+            trainer._config_changed = True
+    path = path or find_last_checkpoint(trainer.run_dir)
+    if path is None:
+        logger.info("no checkpoint in %s: starting from scratch", trainer.run_dir)
+        if trainer.log is not None:
+            trainer.log.truncate_after(-1)  # records of the interrupted attempt would be duplicated
+        return changed
+    state = load_checkpoint(path)
+    # (settings added to auxssl after the checkpoint was written take their defaults)
+    check_same_config(to_dict(from_dict(RunConfig, state["config"])), requested, str(path), allow_config_change)
+    trainer.model.load_state_dict(state["model"])
+    trainer.optimizer.load_state_dict(state["optimizer"])
+    if trainer.scaler is not None and state["scaler"] is not None:
+        trainer.scaler.load_state_dict(state["scaler"])
+    if trainer.online_probe is not None and state["online_probe"] is not None:
+        trainer.online_probe.load_state_dict(state["online_probe"]["head"])
+        trainer.online_probe.optimizer.load_state_dict(state["online_probe"]["optimizer"])
+    trainer.step, trainer.epoch, trainer.batch_in_epoch = state["step"], state["epoch"], state["batch_in_epoch"]
+    trainer.images_seen = state["images_seen"]
+    trainer.clock = TrainClock(state["train_time_s"], state.get("train_cpu_s", 0.0))
+    set_rng_state(state["rng"], trainer.device)
+    if trainer.dist.enabled:
+        restore_own_process_state(trainer, state.get("processes"), path)
+    if trainer.log is not None:
+        trainer.log.truncate_after(trainer.step)
+    logger.info("resumed %s at epoch %d, step %d", path, trainer.epoch, trainer.step)
+    return changed
+
+def restore_own_process_state(trainer: Trainer, processes: list[dict[str, Any]] | None, path: Path) -> None:
+    """Each rank takes back its own random streams and buffers (not rank 0's, which the model state holds).
+    A checkpoint from another number of processes (or from before per-process states were saved) cannot
+    give every rank its own: the ranks then draw fresh streams, seeded by rank and step, and say so."""
+    if processes is not None and len(processes) == trainer.dist.world_size:
+        restore_process_state(processes[trainer.dist.rank], trainer.model, trainer.device)
+        return
+    written = "an older auxssl" if processes is None else f"{len(processes)} processes"
+    if trainer.dist.is_main:
+        logger.warning("%s was written by %s, not %d: each process restarts its random streams (and keeps rank "
+                       "0's buffers, such as SwAV's queue); the run continues but is not the uninterrupted one",
+                       path, written, trainer.dist.world_size)
+    seed_everything(derive_seed(process_seed(trainer.config.train.seed, trainer.dist.rank, trainer.dist.world_size),
+                                trainer.step) % 2**31, False)
+
+def initialise_backbone(trainer: Trainer, path: Path) -> None:
+    """Backbone weights from ``path`` (an exported state_dict or a training checkpoint), copied into every
+    momentum (target) network that mirrors the backbone."""
+    state = load_checkpoint(path)
+    if isinstance(state.get("backbone"), dict):
+        state = state["backbone"]
+    try:
+        trainer.model.backbone.load_state_dict(state)
+    except RuntimeError as err:
+        raise InputError(f"--init {path}: the weights do not fit model.backbone={trainer.config.model.backbone} "
+                         f"(width {trainer.config.model.width}): {str(err).splitlines()[0]}") from err
+    for online, target in trainer.model.momentum_pairs():
+        target.load_state_dict(online.state_dict())
+    logger.info("initialised the backbone from %s", path)

@@ -7,45 +7,33 @@ Evaluations run with the training clock paused; checkpoints hold the full state 
 
 from __future__ import annotations
 
-import contextlib
-import dataclasses
 import logging
-import random
 import warnings
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 import torch
-from torch import Tensor, nn
-from torch.nn.modules.batchnorm import _BatchNorm
-from torch.utils.checkpoint import checkpoint
+from torch import Tensor
 
 from auxssl.auxiliary import OnlineFeatureRecorder
-from auxssl.config import NoiseConfig, RunConfig, TaskConfig, from_dict, load_config, save_config, to_dict
-from auxssl.data.loaders.base import derive_seed
+from auxssl.config import RunConfig, save_config, to_dict
 from auxssl.engine.build import (
     RunDatasets,
     build_datasets,
     build_model,
     build_train_loader,
-    evaluation_data,
     memory_budget,
     process_seed,
-    resolve_backend,
+    seed_everything,
 )
 from auxssl.engine.checkpoint import (
     atomic_save,
     checkpoint_path,
     find_last_checkpoint,
-    load_checkpoint,
     process_state,
     prune_checkpoints,
     remove_partial_writes,
-    restore_process_state,
     rng_state,
-    set_rng_state,
 )
 from auxssl.engine.distributed import (
     DistributedContext,
@@ -55,11 +43,11 @@ from auxssl.engine.distributed import (
     wrap_ddp,
 )
 from auxssl.engine.loggers import build_sinks
-from auxssl.engine.machine import machine_info
 from auxssl.engine.optim import build_optimizer
-from auxssl.engine.precision import resolve_device, resolve_precision
+from auxssl.engine.precision import channels_last_is_safe, resolve_device, resolve_precision
 from auxssl.engine.preemption import Preempted, PreemptionGuard
-from auxssl.engine.resume import check_same_config, flatten
+from auxssl.engine.resume import initialise_backbone, resume_run
+from auxssl.engine.run_info import describe_run, record_skipped_images, skipped_images, why_no_evaluation
 from auxssl.engine.schedules import ema_schedule, warmup_cosine
 from auxssl.errors import InputError, UserError
 from auxssl.eval.knn import KNNProtocol
@@ -78,6 +66,7 @@ from auxssl.eval.tracker import (
 from auxssl.noise.control import NoiseControl
 from auxssl.wrapper import AuxWrapper
 from baselines.backbones import feature_dim
+from baselines.checkpointing import enable_activation_checkpointing
 from baselines.protocol import Batch
 
 logger = logging.getLogger("auxssl")
@@ -86,9 +75,6 @@ logger = logging.getLogger("auxssl")
 #: script requeues when it exists (torchrun's own exit status does not tell a pre-emption from a failure).
 PREEMPTED = "preempted"
 
-#: The file of a run directory listing the unreadable images its datasets left out, one path a line.
-SKIPPED_IMAGES = "skipped_images.txt"
-
 #: Under torch.distributed, pre-emption requests are agreed every this many steps (each agreement syncs the host).
 PREEMPTION_CHECK_EVERY = 10
 
@@ -96,100 +82,8 @@ PREEMPTION_CHECK_EVERY = 10
 PROBE_LABELLED = "online_linear/labelled"
 
 
-def task_label(task: TaskConfig) -> str:
-    """A task's name in reports: ``rotation`` with its defaults, else its settings, e.g. ``rotation(size=16)``,
-    so that runs of differently configured tasks are never grouped as seeds of one variant."""
-    settings = dict(task.args)
-    if task.weight != TaskConfig().weight:
-        settings["weight"] = task.weight
-    return task.name + ("(" + ", ".join(f"{k}={v}" for k, v in sorted(settings.items())) + ")" if settings else "")
-
-
-def noise_knobs(noise: NoiseConfig) -> dict[str, Any]:
-    """The noise-control knobs that differ from their defaults, flattened (``fn_injection.classes_per_batch``);
-    ``good_crop_iou`` only where it changes the data (with ``good_crop_fraction``)."""
-    defaults = flatten(to_dict(NoiseConfig()))
-    knobs = {k: v for k, v in flatten(to_dict(noise)).items() if v != defaults.get(k)}
-    knobs.pop("measure", None)
-    if not noise.good_crop_fraction:
-        knobs.pop("good_crop_iou", None)
-    return knobs
-
-
 class NonFiniteLossError(UserError, RuntimeError):
     """The loss became NaN or infinite; training stopped and the last good checkpoint was kept."""
-
-
-@contextlib.contextmanager
-def _batchnorm_stats_restored(module: nn.Module) -> Iterator[None]:
-    """Undo every running-statistics update of the batch norms in ``module`` made inside this block."""
-    norms = [m for m in module.modules() if isinstance(m, _BatchNorm) and m.track_running_stats]
-    saved = [(m.running_mean.clone(), m.running_var.clone(), m.num_batches_tracked.clone()) for m in norms]
-    try:
-        yield
-    finally:
-        with torch.no_grad():
-            for m, (mean, var, count) in zip(norms, saved):
-                m.running_mean.copy_(mean)
-                m.running_var.copy_(var)
-                m.num_batches_tracked.copy_(count)
-
-
-class CheckpointedStage(nn.Sequential):
-    """A ResNet stage whose activations are recomputed in the backward pass (SEER's activation checkpointing).
-
-    Same children, hence the same parameter names, as the `nn.Sequential` it replaces. The recomputation
-    leaves batch-norm running statistics untouched, so they advance once per step as without checkpointing.
-    """
-
-    def _contexts(self) -> tuple[contextlib.AbstractContextManager, contextlib.AbstractContextManager]:
-        return contextlib.nullcontext(), _batchnorm_stats_restored(self)
-
-    def forward(self, x: Tensor) -> Tensor:
-        if not (self.training and torch.is_grad_enabled()):
-            return super().forward(x)
-        if torch.compiler.is_compiling():
-            # Dynamo traces the recomputation into the backward graph without replaying the running-statistics
-            # update, so no context is needed (and it would call a bound ``context_fn`` without ``self``)
-            return checkpoint(super().forward, x, use_reentrant=False)
-        return checkpoint(super().forward, x, use_reentrant=False, context_fn=self._contexts)
-
-
-def enable_activation_checkpointing(backbone: nn.Module) -> None:
-    stages = [n for n in ("layer1", "layer2", "layer3", "layer4", "trunk_output")
-              if isinstance(getattr(backbone, n, None), nn.Sequential)]
-    if not stages:
-        raise InputError("activation checkpointing supports torchvision ResNet and RegNet backbones")
-    for name in stages:
-        setattr(backbone, name, CheckpointedStage(*getattr(backbone, name)))
-
-
-#: Convolutions narrower than this are kept in the default layout on CPU (see `channels_last_is_safe`).
-MIN_CHANNELS_LAST_WIDTH = 16
-
-
-def channels_last_is_safe(model: nn.Module, device: torch.device) -> bool:
-    """False on CPU when a convolution has fewer than 16 output channels (e.g. ``model.width: 8``): with torch 2.15,
-    oneDNN's channels-last convolution backward with 8 channels corrupts the heap as soon as the batch size changes
-    (a batch shortened by a skipped image, a last batch), reproduced with a bare ResNet; the default layout is
-    unaffected."""
-    narrow = any(isinstance(m, nn.Conv2d) and m.out_channels < MIN_CHANNELS_LAST_WIDTH for m in model.modules())
-    if device.type == "cpu" and narrow:
-        logger.info("channels_last off: convolutions narrower than %d channels (oneDNN issue on CPU)",
-                    MIN_CHANNELS_LAST_WIDTH)
-        return False
-    return True
-
-
-def seed_everything(seed: int, deterministic: bool) -> None:
-    """Seed every generator; ``deterministic``: deterministic kernels, else cuDNN autotuning (SSL batches keep
-    one shape, so the tuned convolutions are reused every step)."""
-    random.seed(seed)
-    np.random.seed(seed)
-    torch.manual_seed(seed)
-    if deterministic:
-        torch.use_deterministic_algorithms(True, warn_only=True)
-    torch.backends.cudnn.benchmark = not deterministic
 
 
 class Trainer:
@@ -227,7 +121,10 @@ class Trainer:
 
         self.model = build_model(config)
         if config.train.activation_checkpointing:
-            enable_activation_checkpointing(self.model.backbone)
+            try:
+                enable_activation_checkpointing(self.model.backbone)
+            except ValueError as err:
+                raise InputError(f"train.activation_checkpointing: {err}") from None
         if self.dist.enabled:
             self.model = convert_batchnorm(self.model, self.device.type)
             # identical initial weights on every rank (seeded above); from here on each rank draws its own
@@ -265,16 +162,9 @@ class Trainer:
         self._eval_images: tuple | None = None
         #: Under torch.distributed each rank evaluates its shards (`auxssl.eval.sharded`).
         self.eval_group = EvalGroup.create(config.eval.wait_timeout_s) if self.dist.enabled else None
-        self.evaluation_enabled = config.eval.every_epochs > 0
         #: Why this run has no evaluation (None when it has one); in run.json and the report.
-        self.no_evaluation: str | None = None if self.evaluation_enabled else "eval.every_epochs is 0"
-        if self.evaluation_enabled and not (self.bank_set.labelled and self.test_set.labelled):
-            self.evaluation_enabled = False
-            unlabelled = self.bank_set if not self.bank_set.labelled else self.test_set
-            self.no_evaluation = (f"{unlabelled.name} has no labels ({unlabelled.description or 'unlabelled'}); "
-                                  "kNN and probes need them")
-            logger.warning("evaluation skipped: %s; set eval.dataset and eval.root to a labelled evaluation set",
-                           self.no_evaluation)
+        self.no_evaluation = why_no_evaluation(config, self.bank_set, self.test_set)
+        self.evaluation_enabled = self.no_evaluation is None
         self.online_probe: OnlineLinearProbe | None = None
         if config.eval.online_linear:
             if config.data.reveal_labels <= 0:
@@ -293,12 +183,13 @@ class Trainer:
         self.init = None if init is None else str(init)
         self._config_changed = False
         if resume:
-            self._resume(None if resume is True else Path(resume), allow_config_change)
+            self._config_changed = resume_run(self, None if resume is True else Path(resume),
+                                              allow_config_change)
         elif self.dist.is_main and (self.run_dir / "metrics.jsonl").exists():
             raise FileExistsError(
                 f"{self.run_dir} already holds a run: pass --resume to continue it or choose another name")
         elif init is not None:
-            self._initialise_backbone(Path(init))
+            initialise_backbone(self, Path(init))
         if self.dist.is_main:
             self.run_dir.mkdir(parents=True, exist_ok=True)
             (self.run_dir / PREEMPTED).unlink(missing_ok=True)  # continued now
@@ -314,51 +205,14 @@ class Trainer:
     # ------------------------------------------------------------------------------------------ bookkeeping
     def skipped_images(self) -> list[str]:
         """The unreadable files left out of this run's datasets so far (training, bank and test), each once."""
-        sources = {id(d.source): d.source for d in (self.train_set, self.bank_set, self.test_set)}
-        return list(dict.fromkeys(path for source in sources.values() for path in getattr(source, "skipped", [])))
+        return skipped_images((self.train_set, self.bank_set, self.test_set))
 
     def _record_skipped_images(self) -> None:
-        """List the unreadable files in the run directory and say so in one line (when there are any, or more
-        than were recorded)."""
-        skipped = self.skipped_images()
-        listing = self.run_dir / SKIPPED_IMAGES
-        known = listing.read_text().splitlines() if listing.exists() else []
-        if skipped and set(skipped) - set(known):
-            listing.write_text("".join(f"{path}\n" for path in dict.fromkeys(known + skipped)))
-            count = len(set(known) | set(skipped))
-            logger.warning("skipped %d unreadable image%s (not trained or evaluated on): listed in %s",
-                           count, "" if count == 1 else "s", listing)
+        record_skipped_images(self.run_dir, self.skipped_images())
 
     def run_info(self) -> RunInfo:
         """The run's identity, every setting that changes its evaluations, and its training budget."""
-        cfg = self.config
-        data, data_text = evaluation_data(cfg, self.bank_set, self.test_set, self.eval_image_size, self.eval_precision)
-        protocol = {"data": data_text, "knn": self.knn_protocol.describe()}
-        evaluation: dict[str, dict[str, Any]] = {"data": data, "knn": dataclasses.asdict(self.knn_protocol)}
-        if self.no_evaluation is not None:  # nothing is evaluated: say why instead of describing evaluators
-            protocol = {"data": f"no evaluation: {self.no_evaluation}"}
-            evaluation = {"data": {"none": self.no_evaluation}}
-        elif cfg.eval.linear:
-            protocol["linear"] = ProbeConfig().describe()
-            evaluation["linear"] = dataclasses.asdict(ProbeConfig())
-        if self.online_probe is not None and self.no_evaluation is None:
-            protocol["online_linear"] = self.online_probe.describe()
-            evaluation["online_linear"] = {**self.online_probe.settings(), "reveal_labels": cfg.data.reveal_labels}
-        budget = {
-            "epochs": cfg.train.epochs, "batch_size": cfg.data.batch_size, "steps_per_epoch": self.steps_per_epoch,
-            "train_images": len(self.train_set), "train_subset": cfg.data.train_subset,
-            "image_size": cfg.data.image_size, "backbone": cfg.model.backbone, "recipe": cfg.data.recipe,
-            "precision": self.precision.label, "world_size": self.dist.world_size,
-            "backend": getattr(self.loader, "backend", resolve_backend(cfg, self.train_set, self.device)),
-            "init": self.init,
-            "skipped_images": len(self.skipped_images()),
-        }
-        tasks = getattr(self.model, "tasks", [])
-        chance = {f"acc/{t.name}": 100.0 / t.num_classes for t in tasks if getattr(t, "num_classes", 0)}
-        return RunInfo(name=cfg.name, method=cfg.model.method, dataset=cfg.data.dataset,
-                       tasks=[task_label(t) for t in cfg.tasks], seed=cfg.train.seed, epochs=cfg.train.epochs,
-                       protocol=protocol, evaluation=evaluation, budget=budget, noise=noise_knobs(cfg.noise),
-                       chance=chance, no_evaluation=self.no_evaluation, machine=machine_info(self.device))
+        return describe_run(self)
 
     def state(self) -> dict[str, Any]:
         return {
@@ -395,70 +249,6 @@ class Trainer:
             atomic_save(state, path)
             prune_checkpoints(self.run_dir)
         return path
-
-    def _resume(self, path: Path | None, allow_config_change: bool) -> None:
-        requested = to_dict(self.config)
-        saved_config = self.run_dir / "config.yaml"
-        if saved_config.exists():  # the run's own settings, also when it stopped before its first checkpoint
-            saved = to_dict(load_config(saved_config))
-            for line in check_same_config(saved, requested, str(self.run_dir), allow_config_change):
-                logger.warning("resuming with a changed setting: %s", line)
-                self._config_changed = True
-        path = path or find_last_checkpoint(self.run_dir)
-        if path is None:
-            logger.info("no checkpoint in %s: starting from scratch", self.run_dir)
-            if self.log is not None:
-                self.log.truncate_after(-1)  # records of the interrupted attempt would be duplicated
-            return
-        state = load_checkpoint(path)
-        # (settings added to auxssl after the checkpoint was written take their defaults)
-        check_same_config(to_dict(from_dict(RunConfig, state["config"])), requested, str(path), allow_config_change)
-        self.model.load_state_dict(state["model"])
-        self.optimizer.load_state_dict(state["optimizer"])
-        if self.scaler is not None and state["scaler"] is not None:
-            self.scaler.load_state_dict(state["scaler"])
-        if self.online_probe is not None and state["online_probe"] is not None:
-            self.online_probe.load_state_dict(state["online_probe"]["head"])
-            self.online_probe.optimizer.load_state_dict(state["online_probe"]["optimizer"])
-        self.step, self.epoch, self.batch_in_epoch = state["step"], state["epoch"], state["batch_in_epoch"]
-        self.images_seen = state["images_seen"]
-        self.clock = TrainClock(state["train_time_s"], state.get("train_cpu_s", 0.0))
-        set_rng_state(state["rng"], self.device)
-        if self.dist.enabled:
-            self._restore_own_process_state(state.get("processes"), path)
-        if self.log is not None:
-            self.log.truncate_after(self.step)
-        logger.info("resumed %s at epoch %d, step %d", path, self.epoch, self.step)
-
-    def _restore_own_process_state(self, processes: list[dict[str, Any]] | None, path: Path) -> None:
-        """Each rank takes back its own random streams and buffers (not rank 0's, which the model state holds).
-        A checkpoint from another number of processes (or from before per-process states were saved) cannot
-        give every rank its own: the ranks then draw fresh streams, seeded by rank and step, and say so."""
-        if processes is not None and len(processes) == self.dist.world_size:
-            restore_process_state(processes[self.dist.rank], self.model, self.device)
-            return
-        written = "an older auxssl" if processes is None else f"{len(processes)} processes"
-        if self.dist.is_main:
-            logger.warning("%s was written by %s, not %d: each process restarts its random streams (and keeps rank "
-                           "0's buffers, such as SwAV's queue); the run continues but is not the uninterrupted one",
-                           path, written, self.dist.world_size)
-        seed_everything(derive_seed(process_seed(self.config.train.seed, self.dist.rank, self.dist.world_size),
-                                    self.step) % 2**31, False)
-
-    def _initialise_backbone(self, path: Path) -> None:
-        """Backbone weights from ``path`` (an exported state_dict or a training checkpoint), copied into every
-        momentum (target) network that mirrors the backbone."""
-        state = load_checkpoint(path)
-        if isinstance(state.get("backbone"), dict):
-            state = state["backbone"]
-        try:
-            self.model.backbone.load_state_dict(state)
-        except RuntimeError as err:
-            raise InputError(f"--init {path}: the weights do not fit model.backbone={self.config.model.backbone} "
-                             f"(width {self.config.model.width}): {str(err).splitlines()[0]}") from err
-        for online, target in self.model.momentum_pairs():
-            target.load_state_dict(online.state_dict())
-        logger.info("initialised the backbone from %s", path)
 
     # ------------------------------------------------------------------------------------------------ loop
     def train_step(self, batch: Batch) -> dict[str, Tensor]:

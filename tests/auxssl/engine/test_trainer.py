@@ -25,9 +25,10 @@ from auxssl.data.datasets import ArrayDataset
 from auxssl.engine.build import RunDatasets
 from auxssl.engine.checkpoint import find_last_checkpoint, load_checkpoint
 from auxssl.engine.syncs import ScalarReads
-from auxssl.engine.trainer import NonFiniteLossError, Trainer, enable_activation_checkpointing, train
+from auxssl.engine.trainer import NonFiniteLossError, Trainer, train
 from auxssl.eval.tracker import read_metrics
 from baselines import build_backbone
+from baselines.checkpointing import enable_activation_checkpointing
 
 
 def tiny(tmp_path: Path, name: str, *extra: str) -> list[str]:
@@ -350,8 +351,8 @@ def test_evaluation_at_start_records_the_initial_weights_once(tmp_path: Path) ->
 def test_records_say_what_ran_tf32_and_cudnn_autotuning() -> None:
     """On CUDA "fp32" convolutions run in TF32 by default: the record says so; cuDNN autotunes unless runs must
     be deterministic (SSL batches keep one shape)."""
+    from auxssl.engine.build import seed_everything
     from auxssl.engine.precision import Precision
-    from auxssl.engine.trainer import seed_everything
 
     assert Precision(None, "cpu").label == "fp32" and Precision(torch.bfloat16, "cuda").label == "bf16"
     assert Precision(None, "cuda").label == "fp32 (TF32 convolutions)"  # torch's defaults
