@@ -37,6 +37,7 @@ def _eval(args: argparse.Namespace) -> int:
     from auxssl.eval.knn import KNNProtocol
     from auxssl.eval.linear import ProbeConfig, linear_probe_augmented
     from auxssl.eval.offline import evaluate_backbone, load_backbone
+    from auxssl.eval.projector import PROJECTOR_PROTOCOL, load_projector
     from auxssl.eval.semisup import SemiSupervisedConfig, finetune_semisupervised
 
     bad_size = args.image_size is not None and args.image_size < 1
@@ -68,8 +69,9 @@ def _eval(args: argparse.Namespace) -> int:
     knn = KNNProtocol(args.k, args.temperature)
     linear = ProbeConfig(epochs=args.probe_epochs) if args.linear else None
     mlp = ProbeConfig(epochs=args.probe_epochs, hidden_dim=args.mlp_hidden) if args.mlp else None
-    results: dict = evaluate_backbone(backbone, train, test, knn=knn, linear=linear, mlp=mlp, device=device,
-                                      image_size=size)
+    projector = load_projector(args.checkpoint).to(device) if args.projector_probes else None
+    results: dict = evaluate_backbone(backbone, train, test, knn=knn, linear=linear, mlp=mlp, projector=projector,
+                                      device=device, image_size=size)
     if args.linear_augmented:
         results.update(linear_probe_augmented(backbone, train, test, ProbeConfig(epochs=args.probe_epochs), device,
                                               image_size=size))
@@ -82,7 +84,9 @@ def _eval(args: argparse.Namespace) -> int:
                                              "crops (0.08-1) and flips every epoch; " + ProbeConfig(
                                                  epochs=args.probe_epochs).describe().split("; ", 1)[1]}
                               if args.linear_augmented else {}),
-                           **({"mlp": mlp.describe()} if mlp else {})}
+                           **({"mlp": mlp.describe()} if mlp else {}),
+                           **({"projector_layers": PROJECTOR_PROTOCOL + (linear or ProbeConfig(
+                               epochs=args.probe_epochs)).describe()} if projector is not None else {})}
     semisup = {}
     for fraction in args.semisup:
         out = finetune_semisupervised(backbone, train, test, SemiSupervisedConfig(fraction=fraction), device,
@@ -324,6 +328,9 @@ def build_parser() -> argparse.ArgumentParser:
                     help="also train the augmented linear probe (the paper's protocol: fresh random-resized crops "
                          "and flips every epoch through the frozen backbone; a backbone pass per image and epoch)")
     ev.add_argument("--mlp", action="store_true", help="also train the non-linear (MLP) probe")
+    ev.add_argument("--projector-probes", action="store_true",
+                    help="also a linear probe on every projector layer (linear/layer<i>/top1: 0 the backbone, the "
+                         "last the projector output; needs a training checkpoint)")
     ev.add_argument("--mlp-hidden", type=int, default=1024, help="hidden width of the MLP probe (default 1024)")
     ev.add_argument("--probe-epochs", type=int, default=100, help="epochs of the linear / MLP probes (default 100)")
     ev.add_argument("--semisup", type=float, nargs="*", default=[], metavar="FRACTION",

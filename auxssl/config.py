@@ -102,6 +102,7 @@ class EvalConfig:
     knn_k: int = 200
     knn_temperature: float = 0.1
     linear: bool = False  # offline linear probe at the final evaluation
+    projector_probes: bool = False  # at the final evaluation, a linear probe on every projector layer too
     online_linear: bool = False  # online linear probe on detached features (needs revealed labels)
     wait_timeout_s: float = 3600.0  # under torch.distributed: the longest a rank waits for rank 0's probes
 

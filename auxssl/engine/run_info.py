@@ -13,6 +13,7 @@ from auxssl.engine.build import evaluation_data, resolve_backend
 from auxssl.engine.machine import machine_info
 from auxssl.engine.resume import flatten
 from auxssl.eval.linear import ProbeConfig
+from auxssl.eval.projector import PROJECTOR_PROTOCOL, projector_layers
 from auxssl.eval.tracker import RunInfo
 
 if TYPE_CHECKING:
@@ -55,9 +56,14 @@ def describe_run(trainer: Trainer) -> RunInfo:
     if trainer.no_evaluation is not None:  # nothing is evaluated: say why instead of describing evaluators
         protocol = {"data": f"no evaluation: {trainer.no_evaluation}"}
         evaluation = {"data": {"none": trainer.no_evaluation}}
-    elif cfg.eval.linear:
-        protocol["linear"] = ProbeConfig().describe()
-        evaluation["linear"] = dataclasses.asdict(ProbeConfig())
+    else:
+        if cfg.eval.linear:
+            protocol["linear"] = ProbeConfig().describe()
+            evaluation["linear"] = dataclasses.asdict(ProbeConfig())
+        if cfg.eval.projector_probes:
+            protocol["projector_layers"] = PROJECTOR_PROTOCOL + ProbeConfig().describe()
+            evaluation["projector_layers"] = {"layers": len(projector_layers(trainer.projector)) + 1,
+                                              **dataclasses.asdict(ProbeConfig())}
     if trainer.online_probe is not None and trainer.no_evaluation is None:
         protocol["online_linear"] = trainer.online_probe.describe()
         evaluation["online_linear"] = {**trainer.online_probe.settings(), "reveal_labels": cfg.data.reveal_labels}

@@ -159,6 +159,10 @@ class Trainer:
         self.scaler = torch.amp.GradScaler(self.device.type) if self.precision.needs_scaler else None
 
         self.knn_protocol = KNNProtocol(config.eval.knn_k, config.eval.knn_temperature)
+        #: the base method's online projector, for the per-layer probes (`eval.projector_probes`)
+        self.projector = getattr(getattr(self.model, "base", self.model), "projector", None)
+        if config.eval.projector_probes and self.projector is None:
+            raise InputError(f"eval.projector_probes: model.method={config.model.method} has no projector")
         self._eval_images: tuple | None = None
         #: Under torch.distributed each rank evaluates its shards (`auxssl.eval.sharded`).
         self.eval_group = EvalGroup.create(config.eval.wait_timeout_s) if self.dist.enabled else None
@@ -295,8 +299,10 @@ class Trainer:
         """kNN (and, at the end, the linear probe) on the backbone; the training clock is paused meanwhile."""
         with self.clock.paused():
             linear = ProbeConfig() if final and self.config.eval.linear else None
+            projector = self.projector if final and self.config.eval.projector_probes else None
             return evaluate_backbone(self.model.backbone, self.bank_set, self.test_set, knn=self.knn_protocol,
-                                     linear=linear, device=self.device, image_size=self.eval_image_size,
+                                     linear=linear, projector=projector, device=self.device,
+                                     image_size=self.eval_image_size,
                                      decoded=self._decoded_eval_images(), precision=self.eval_precision,
                                      group=self.eval_group,
                                      num_workers=self.config.data.num_workers)

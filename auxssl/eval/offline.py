@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -16,6 +17,7 @@ from auxssl.errors import InputError
 from auxssl.eval.features import extract_features_and_rows
 from auxssl.eval.knn import KNNProtocol, knn_evaluate
 from auxssl.eval.linear import ProbeConfig, linear_probe, mlp_probe
+from auxssl.eval.projector import projector_probes
 from auxssl.eval.sharded import EvalGroup, every_cpu_thread, sharded_knn_evaluate
 from baselines.backbones import build_backbone
 
@@ -98,6 +100,7 @@ def evaluate_backbone(
     knn: KNNProtocol | None = KNNProtocol(),
     linear: ProbeConfig | None = None,
     mlp: ProbeConfig | None = None,
+    projector: nn.Sequential | None = None,
     device: str | torch.device = "cpu",
     image_size: int | None = None,
     decoded: tuple[tuple[torch.Tensor, np.ndarray], tuple[torch.Tensor, np.ndarray]] | None = None,
@@ -116,6 +119,7 @@ def evaluate_backbone(
     (`EvalGroup.shard` of ``train`` and ``test``; ``decoded`` holds those shards' images), the kNN is split over
     the ranks and the probes train on rank 0 (`auxssl.eval.sharded`); every rank returns the results.
     ``num_workers``: processes decoding streamed images (the run's ``data.num_workers``).
+    ``projector``: also a linear probe on each of its layers (`auxssl.eval.projector`; ``linear``'s settings).
     """
     if group is not None:
         train, test = group.shard(train), group.shard(test)
@@ -140,6 +144,8 @@ def evaluate_backbone(
             results.update(sharded_knn_evaluate(train_x.to(device), train_y, test_x.to(device), test_y, group,
                                                 k=knn.k, temperature=knn.temperature, num_classes=num_classes))
     probes = [(run, config) for run, config in ((linear_probe, linear), (mlp_probe, mlp)) if config is not None]
+    if projector is not None:
+        probes.append((partial(projector_probes, projector), linear or ProbeConfig()))
     if not probes:
         return results
 

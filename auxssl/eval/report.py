@@ -71,7 +71,8 @@ def find_run_dirs(paths: Sequence[str | Path]) -> list[Path]:
 
 
 #: Metric-name prefix of each evaluator named in ``run.json``'s ``evaluation``; ``"data"`` applies to all of them.
-EVALUATOR_PREFIXES = {"knn": "knn/", "linear": "linear/", "mlp": "mlp/", "online_linear": "online_linear/"}
+EVALUATOR_PREFIXES = {"knn": "knn/", "linear": "linear/", "mlp": "mlp/", "online_linear": "online_linear/",
+                      "projector_layers": "linear/layer"}
 
 
 def evaluation_settings(info: RunInfo) -> dict[str, Any]:
@@ -439,7 +440,9 @@ def write_report(paths: Sequence[str | Path], out_dir: str | Path, title: str = 
             "<ul>" + "".join(f"<li>{html.escape(i).replace('**', '')}</li>" for i in items) + "</ul>")
 
     prefixes = tuple(EVALUATOR_PREFIXES[e] for e in evaluators if e in EVALUATOR_PREFIXES)
-    metrics = [m for m in ("knn/top1", "knn/top5", "linear/top1", "mlp/top1")
+    layers = sorted({k for r in runs for rec in r.evals for k in rec if k.startswith("linear/layer")
+                     and k.endswith("/top1")}, key=lambda k: int(k.split("/")[1].removeprefix("layer")))
+    metrics = [m for m in ("knn/top1", "knn/top5", "linear/top1", "mlp/top1", *layers)
                if m.startswith(prefixes) and any(v.final(m)[2] for v in variants)]
     if metrics:
         rows = []

@@ -1,0 +1,83 @@
+"""Linear probes on every layer of the projector (FFCV-SSL's per-layer evaluation, Bordes et al. 2023): how much
+of the class information survives each layer between the backbone and the SSL loss.
+
+The projector is an MLP on the pooled backbone features, so its layers' outputs come from the backbone features
+already extracted for the kNN: no image passes again. A *layer* ends after each hidden block's activation
+(``Linear → BN → ReLU``) and at the projector's output; layer 0 is the backbone itself.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import torch
+from torch import Tensor, nn
+
+from auxssl.engine.checkpoint import find_last_checkpoint, load_checkpoint
+from auxssl.errors import InputError
+from auxssl.eval.linear import ProbeConfig, linear_probe
+
+#: How the per-layer probes are described in run.json and eval results (followed by the probe protocol).
+PROJECTOR_PROTOCOL = ("linear probe on the backbone features (layer 0) and on each projector layer's output (after "
+                      "every hidden block's ReLU, and the projector output), projector in eval mode; ")
+
+
+def projector_layers(projector: nn.Sequential) -> list[nn.Sequential]:
+    """The prefixes of ``projector`` that end at each layer: after every ReLU, and the whole projector."""
+    if not isinstance(projector, nn.Sequential):
+        raise InputError(f"per-layer probes need an nn.Sequential projector, got {type(projector).__name__}")
+    modules = list(projector)
+    ends = [i + 1 for i, m in enumerate(modules) if isinstance(m, nn.ReLU)]
+    if not ends or ends[-1] != len(modules):
+        ends.append(len(modules))
+    return [nn.Sequential(*modules[:end]) for end in ends]
+
+
+@torch.no_grad()
+def layer_features(projector: nn.Sequential, features: Tensor, batch: int = 4096) -> list[Tensor]:
+    """``[features, projector layer 1, …, projector output]`` of backbone ``features``, the projector in eval mode
+    (running batch-norm statistics, as at evaluation)."""
+    was_training = projector.training
+    projector.eval()
+    try:
+        outputs = [features]
+        for prefix in projector_layers(projector):
+            outputs.append(torch.cat([prefix(part) for part in features.split(batch)]) if len(features)
+                           else prefix(features))
+        return outputs
+    finally:
+        projector.train(was_training)
+
+
+def projector_probes(projector: nn.Sequential, train_x: Tensor, train_y: Tensor, test_x: Tensor, test_y: Tensor,
+                     config: ProbeConfig = ProbeConfig()) -> dict[str, float]:
+    """``linear/layer<i>/top1`` (and top5) of the linear probe on each layer: 0 the backbone, the last the
+    projector's output (the standard probe protocol, `ProbeConfig`)."""
+    device = next(projector.parameters()).device
+    trains = layer_features(projector, train_x.to(device))
+    tests = layer_features(projector, test_x.to(device))
+    results: dict[str, float] = {}
+    for i, (train_i, test_i) in enumerate(zip(trains, tests)):
+        for key, value in linear_probe(train_i, train_y, test_i, test_y, config).items():
+            results[key.replace("linear/", f"linear/layer{i}/", 1)] = value
+    return results
+
+
+def load_projector(path: str | Path) -> nn.Sequential:
+    """The online projector of a training checkpoint (or a run directory's last one), rebuilt from its config."""
+    from auxssl.config import RunConfig, from_dict
+    from auxssl.engine.build import build_model
+
+    path = Path(path)
+    checkpoint = find_last_checkpoint(path) if path.is_dir() else path
+    if checkpoint is None:
+        raise InputError(f"{path} holds no checkpoint: per-layer projector probes need a training checkpoint")
+    state = load_checkpoint(checkpoint)
+    if "model" not in state or "config" not in state:
+        raise InputError(f"{checkpoint} is not a training checkpoint (an exported backbone has no projector)")
+    model = build_model(from_dict(RunConfig, state["config"]))
+    model.load_state_dict(state["model"])
+    projector = getattr(getattr(model, "base", model), "projector", None)
+    if projector is None:
+        raise InputError(f"{checkpoint}: the base method has no projector")
+    return projector
