@@ -126,7 +126,10 @@ class FNInjectionConfig:
 class NoiseConfig:
     """Controlled label noise of the SSL objective (auxssl.noise); every knob off by default."""
 
-    fn_elimination: float = 0.0  # reveal labels of this class-stratified fraction; drop same-class negatives among them
+    fn_elimination: float = 0.0  # the strength p of false-negative elimination, read as fn_elimination_mode says
+    # "images": reveal the labels of a class-stratified fraction p of the images and drop the same-class negatives
+    # among them (about p² of the false negatives); "pairs": drop each false-negative pair with probability p
+    fn_elimination_mode: str = "images"
     fn_injection: FNInjectionConfig = field(default_factory=FNInjectionConfig)
     fp_injection: float = 0.0  # probability that a positive pair's second view comes from another image
     good_crop_fraction: float = 0.0  # probability that a positive pair is forced to be good (crop IoU ≥ good_crop_iou)
@@ -327,6 +330,7 @@ def validate(config: RunConfig) -> None:
         "train.precision": (config.train.precision, PRECISIONS),
         "eval.bank": (config.eval.bank, ("train", "full_train")),
         "eval.precision": (config.eval.precision, FEATURE_PRECISIONS),
+        "noise.fn_elimination_mode": (config.noise.fn_elimination_mode, ("images", "pairs")),
     }
     if not config.model.backbone.startswith(TIMM_PREFIX):
         choices["model.backbone"] = (config.model.backbone, BACKBONES + (TIMM_PREFIX + "<timm model>",))

@@ -15,8 +15,8 @@ from auxssl.data.datasets import ImageDataset
 from auxssl.data.labels import reveal_labels
 from auxssl.data.loaders import GoodCrops, OrderFactory, derive_seed
 from auxssl.errors import InputError
-from auxssl.noise.negatives import false_negative_rates, lookup, same_class_weight
-from auxssl.noise.positives import false_positive_rate, inject_false_positives
+from auxssl.noise.negatives import false_negative_rates, lookup, random_pair_weight, same_class_weight
+from auxssl.noise.positives import crop_overlap_rates, false_positive_rate, inject_false_positives
 from auxssl.noise.sampling import ClassGroupedOrder
 from baselines.protocol import Batch, ContrastSets
 
@@ -49,7 +49,7 @@ class NoiseControl:
         table[source] = labels
         self.true_labels = torch.from_numpy(table).to(device)
         self.revealed: Tensor | None = None
-        if config.fn_elimination > 0:
+        if config.fn_elimination > 0 and config.fn_elimination_mode == "images":
             revealed = np.full(len(train.source), -1, dtype=np.int64)
             revealed[source] = reveal_labels(labels, config.fn_elimination, seed)
             self.revealed = torch.from_numpy(revealed).to(device)
@@ -80,12 +80,19 @@ class NoiseControl:
             generator = torch.Generator().manual_seed(derive_seed(self.seed, step, self.rank, 7))
             known = true if self.labelled else None
             injected = inject_false_positives(batch, self.config.fp_injection, known, generator)
-        sets = contrast_sets(model, batch) if (self.revealed is not None or self.config.measure) else None
-        if self.revealed is not None:
+        eliminating = self.config.fn_elimination > 0
+        sets = contrast_sets(model, batch) if (eliminating or self.config.measure) else None
+        if eliminating:
             if sets is None:
                 raise InputError("noise.fn_elimination: the method reports no negatives (contrast_sets) for this batch")
-            batch.negative_weight = same_class_weight(lookup(self.revealed, sets.anchors),
-                                                      lookup(self.revealed, sets.candidates))
+            if self.revealed is not None:  # "images": the labels of a fraction of the images are revealed
+                batch.negative_weight = same_class_weight(lookup(self.revealed, sets.anchors),
+                                                          lookup(self.revealed, sets.candidates))
+            else:  # "pairs": a fraction of the false-negative pairs is removed (the experimenter's intervention)
+                generator = torch.Generator().manual_seed(derive_seed(self.seed, step, self.rank, 8))
+                batch.negative_weight = random_pair_weight(lookup(self.true_labels, sets.anchors),
+                                                           lookup(self.true_labels, sets.candidates),
+                                                           self.config.fn_elimination, generator)
         if not self.config.measure:
             return metrics
         if sets is not None and self.labelled:
@@ -93,4 +100,6 @@ class NoiseControl:
         fp_rate = false_positive_rate(injected, batch.crop_boxes, self.config.good_crop_iou)
         if fp_rate is not None:
             metrics["noise/fp_rate"] = fp_rate
+        if batch.crop_boxes is not None:
+            metrics.update(crop_overlap_rates(batch.crop_boxes))
         return metrics

@@ -32,7 +32,9 @@ def false_negative_rates(
     Pairs of an image with itself (the positive, or a stale copy of the anchor in a queue) and pairs involving an
     image without a true label are not counted. ``noise/fn_rate_raw`` counts every remaining pair;
     ``noise/fn_rate`` weighs each by its ``weight`` in the loss (0 = removed), i.e. the rate among the negatives
-    the loss actually uses. Both are NaN when no pair can be counted (left out of the logged means).
+    the loss actually uses; ``noise/fn_removed`` is the share of the false-negative pairs the weights remove (the
+    intervention's real strength: revealing a fraction p of the images removes about p² of them). NaN when no pair
+    can be counted (left out of the logged means).
     """
     a, c = lookup(true_labels, anchors), lookup(true_labels, candidates)
     counted = (a[:, None] >= 0) & (c[None, :] >= 0) & (anchors[:, None] != candidates[None, :])
@@ -43,4 +45,15 @@ def false_negative_rates(
     used = counted_f if weight is None else counted_f * weight.float()
     rates["noise/fn_rate"] = torch.where(counted.any(), (same_f * used).sum() / used.sum().clamp_min(1e-12),
                                          float("nan"))
+    removed = torch.zeros_like(same_f) if weight is None else same_f * (1 - weight.float())
+    rates["noise/fn_removed"] = removed.sum() / same_f.sum()  # NaN without false negatives
     return rates
+
+
+def random_pair_weight(anchor_labels: Tensor, candidate_labels: Tensor, fraction: float,
+                       generator: torch.Generator) -> Tensor:
+    """``(A, K)`` negative weights removing each false-negative pair (same true class) with probability
+    ``fraction``: the "fraction of false negatives removed" reading of the paper's Table 1."""
+    same = (anchor_labels[:, None] == candidate_labels[None, :]) & (anchor_labels[:, None] >= 0)
+    drawn = torch.rand(same.shape, generator=generator, device=generator.device).to(same.device) < fraction
+    return (~(same & drawn)).float()

@@ -63,3 +63,29 @@ def false_positive_rate(injected: Tensor | None, crop_boxes: Tensor | None, min_
     if crop_boxes is not None:
         false |= paired_iou(crop_boxes[0], crop_boxes[1]).cpu() < min_iou
     return false.float().mean()
+
+
+def crop_overlap_rates(crop_boxes: Tensor) -> dict[str, Tensor]:
+    """Overlap of the two global crops of each positive pair, separating different *content* from different
+    *scale* (IoU alone mixes them: a small crop inside a large one has a low IoU yet shows the same content):
+
+    - ``noise/crop_iou_low``: IoU < 0.5 (the good-crop control's criterion, ``good_crop_iou``);
+    - ``noise/crop_ios_low``: intersection over the *smaller* crop < 0.5 — less than half of the smaller crop is in
+      the other: different content, the false-positive reading;
+    - ``noise/crop_contained``: the smaller crop lies entirely inside the larger (same content, other scale);
+    - ``noise/crop_disjoint``: no overlap at all.
+    """
+    a, b = crop_boxes[0], crop_boxes[1]
+    width = (torch.minimum(a[:, 2], b[:, 2]) - torch.maximum(a[:, 0], b[:, 0])).clamp_min(0)
+    height = (torch.minimum(a[:, 3], b[:, 3]) - torch.maximum(a[:, 1], b[:, 1])).clamp_min(0)
+    inter = width * height
+    area_a = (a[:, 2] - a[:, 0]) * (a[:, 3] - a[:, 1])
+    area_b = (b[:, 2] - b[:, 0]) * (b[:, 3] - b[:, 1])
+    smaller = torch.minimum(area_a, area_b).clamp_min(1e-12)
+    over_smaller = inter / smaller
+    return {
+        "noise/crop_iou_low": (paired_iou(a, b) < 0.5).float().mean(),
+        "noise/crop_ios_low": (over_smaller < 0.5).float().mean(),
+        "noise/crop_contained": (over_smaller >= 1 - 1e-6).float().mean(),
+        "noise/crop_disjoint": (inter <= 0).float().mean(),
+    }

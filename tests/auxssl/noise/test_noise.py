@@ -347,3 +347,47 @@ def test_noise_table_configs_train_and_report_accuracy_against_measured_noise(tm
     text = report.markdown.read_text()
     assert "Measured noise and accuracy" in text and f"[{knob.split('.')[1]}=1.0]" in text
     assert (tmp_path / "report" / "knn_vs_noise.png").exists()
+
+
+# ------------------------------------------------------------------------ the two readings of Table 1, measured
+@pytest.mark.parametrize("mode", ["images", "pairs"])
+def test_both_readings_of_fn_elimination_log_the_share_of_false_negatives_removed(mode: str) -> None:
+    """"images": revealing a fraction p of the images removes a same-class pair only when both are revealed, about
+    p² of the false negatives; "pairs": each false-negative pair is removed with probability p. The logged
+    ``noise/fn_removed`` is that share, and ``noise/fn_rate`` follows the renormalised expectation
+    f(1 − s) / (1 − f·s) for a raw rate f and a removed share s (the kept negatives shrink too)."""
+    p, n = 0.5, 2000
+    data = labelled_dataset(n, classes=10, size=8)
+    config = NoiseConfig(fn_elimination=p, fn_elimination_mode=mode)
+    control = NoiseControl(config, data, seed=0)
+    batch = batch_of(torch.arange(0, n, 4))  # 500 images, 50 per class
+    rates = control.prepare(batch, InBatch(), step=0)
+    removed, raw, kept = (rates[k].item() for k in ("noise/fn_removed", "noise/fn_rate_raw", "noise/fn_rate"))
+    expected = p * p if mode == "images" else p
+    assert abs(removed - expected) < 0.03, removed
+    assert kept == pytest.approx(raw * (1 - removed) / (1 - raw * removed), rel=1e-4)
+    weight = batch.negative_weight
+    labels = batch.index % 10
+    assert bool((weight[labels[:, None] != labels[None, :]] == 1).all())  # only same-class pairs are ever removed
+
+
+def test_fn_removed_is_zero_without_elimination_and_one_when_everything_is_revealed() -> None:
+    labels = torch.tensor([0, 0, 1, 1, 1, 2])
+    index = torch.arange(6)
+    assert false_negative_rates(index, index, labels)["noise/fn_removed"].item() == 0
+    same = (labels[:, None] == labels[None, :]).float()
+    assert false_negative_rates(index, index, labels, 1 - same)["noise/fn_removed"].item() == 1
+
+
+def test_crop_overlap_measures_separate_content_from_scale() -> None:
+    """Three hand-built pairs: a small crop inside a large one (IoU 0.25 but contained: same content, other
+    scale), two disjoint crops, and two half-overlapping equal crops (IoU 1/3, half of each in the other)."""
+    from auxssl.noise.positives import crop_overlap_rates
+
+    first = torch.tensor([[0.0, 0.0, 1.0, 1.0], [0.0, 0.0, 0.4, 0.4], [0.0, 0.0, 0.5, 0.5]])
+    second = torch.tensor([[0.25, 0.25, 0.75, 0.75], [0.6, 0.6, 1.0, 1.0], [0.25, 0.0, 0.75, 0.5]])
+    rates = {k: v.item() for k, v in crop_overlap_rates(torch.stack([first, second])).items()}
+    assert rates["noise/crop_iou_low"] == pytest.approx(1.0)  # 0.25, 0, 1/3: all below 0.5
+    assert rates["noise/crop_ios_low"] == pytest.approx(1 / 3)  # only the disjoint pair shows different content
+    assert rates["noise/crop_contained"] == pytest.approx(1 / 3)
+    assert rates["noise/crop_disjoint"] == pytest.approx(1 / 3)
