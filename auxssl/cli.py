@@ -146,18 +146,23 @@ def config_text(config) -> str:
 def _configs(args: argparse.Namespace) -> int:
     import yaml
 
-    from auxssl.config import load_config, resolve_config_path, shipped_configs
+    from auxssl.config import load_config, resolve_config_path, shipped_config, shipped_names
 
     if args.action == "show":
         if not args.name:
             raise UserError("auxssl configs show needs the NAME of a shipped config (auxssl configs lists them)")
-        path = resolve_config_path(args.name)
-        print(f"# {path}\n{path.read_text()}" if not args.resolved else config_text(load_config(path)), end="")
+        path, variant = resolve_config_path(args.name)
+        if args.resolved or variant:  # a variant is its file plus overrides: show what they make
+            print(config_text(load_config(args.name)), end="")
+        else:
+            print(f"# {path}\n{path.read_text()}", end="")
         return 0
-    for name, path in shipped_configs().items():
+    for name in shipped_names():
+        path, variant = shipped_config(name)  # type: ignore[misc]
         text = path.read_text()
         first = text.splitlines()[0].lstrip("# ") if text.startswith("#") else ""
-        print(f"{name:30s} {yaml.safe_load(text)['model']['method']:13s} {first}")
+        note = f"= {path.stem} with {', '.join(v for v in variant if not v.startswith('name='))}" if variant else first
+        print(f"{name:30s} {yaml.safe_load(text)['model']['method']:13s} {note}")
     return 0
 
 

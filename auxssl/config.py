@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import dataclasses
 import difflib
+import re
 import types
 import typing
 from dataclasses import dataclass, field
@@ -276,20 +277,55 @@ def apply_overrides(data: dict[str, Any], overrides: list[str]) -> dict[str, Any
 
 
 def shipped_configs() -> dict[str, Path]:
-    """The configs that ship with the package (``auxssl/configs/*.yaml``), by name."""
+    """The config files that ship with the package (``auxssl/configs/*.yaml``: one per method on CIFAR-10, and
+    ``own_folder``), by name."""
     folder = Path(__file__).parent / "configs"
     return {p.stem: p for p in sorted(folder.glob("*.yaml"))}
 
 
-def resolve_config_path(name_or_path: str | Path) -> Path:
-    """A config file: an existing path, else a shipped config's name (``byol_rotation_cifar10``)."""
+#: ``<method>[_rotation]_<dataset>``: a shipped method config with rotation (λ = 0.1) and/or another dataset.
+VARIANT = re.compile(r"^(?P<method>.+?)(?P<rotation>_rotation)?_(?P<dataset>cifar10|cifar100)$")
+
+
+def shipped_config(name: str) -> tuple[Path, list[str]] | None:
+    """A shipped config by name — a file, or a variant of one (``byol_rotation_cifar100`` is ``byol_cifar10.yaml``
+    with ``tasks=[{name: rotation, weight: 0.1}]`` and ``data.dataset=cifar100``) — and the overrides that make the
+    variant; None for an unknown name."""
+    files = shipped_configs()
+    if name in files:
+        return files[name], []
+    match = VARIANT.match(name)
+    if match is None or f"{match['method']}_cifar10" not in files:
+        return None
+    overrides = [f"name={name}"]
+    if match["rotation"]:
+        overrides.append("tasks=[{name: rotation, weight: 0.1}]")
+    if match["dataset"] != "cifar10":
+        overrides.append(f"data.dataset={match['dataset']}")
+    return files[f"{match['method']}_cifar10"], overrides
+
+
+def shipped_names() -> list[str]:
+    """Every name `shipped_config` accepts: the files and, for each method, its rotation and CIFAR-100 variants."""
+    names = []
+    for name in shipped_configs():
+        names.append(name)
+        if name.endswith("_cifar10"):
+            method = name.removesuffix("_cifar10")
+            names += [f"{method}_rotation_cifar10", f"{method}_cifar100", f"{method}_rotation_cifar100"]
+    return names
+
+
+def resolve_config_path(name_or_path: str | Path) -> tuple[Path, list[str]]:
+    """A config file and the overrides it needs: an existing path (none), else a shipped config's name or variant
+    (``byol_rotation_cifar10``)."""
     path = Path(name_or_path)
     if path.is_file():
-        return path
-    shipped = shipped_configs()
-    if str(name_or_path) in shipped:
-        return shipped[str(name_or_path)]
-    close = difflib.get_close_matches(str(name_or_path), list(shipped), n=1)
+        return path, []
+    shipped = shipped_config(str(name_or_path))
+    if shipped is not None:
+        return shipped
+    close = difflib.get_close_matches(str(name_or_path), shipped_names(), n=1)
     hint = f"; did you mean {close[0]!r}?" if close else " (auxssl configs lists the shipped ones)"
     raise ConfigError(f"config {str(name_or_path)!r} does not exist: neither a file nor a shipped config{hint}")
 
@@ -297,8 +333,9 @@ def resolve_config_path(name_or_path: str | Path) -> Path:
 def load_config(path: str | Path | None = None, overrides: list[str] | None = None) -> RunConfig:
     """Read a YAML config (or the defaults), apply overrides, validate everything."""
     data: dict[str, Any] = {}
+    variant: list[str] = []
     if path is not None:
-        path = resolve_config_path(path)
+        path, variant = resolve_config_path(path)
         try:
             data = yaml.safe_load(path.read_text()) or {}
         except yaml.MarkedYAMLError as err:
@@ -307,7 +344,7 @@ def load_config(path: str | Path | None = None, overrides: list[str] | None = No
             raise ConfigError(f"{line}: YAML syntax error: {err.problem or err}") from None
         except yaml.YAMLError as err:
             raise ConfigError(f"{path}: YAML syntax error: {err}") from None
-    data = apply_overrides(data, overrides or [])
+    data = apply_overrides(data, [*variant, *(overrides or [])])
     config = from_dict(RunConfig, data)
     validate(config)
     return config

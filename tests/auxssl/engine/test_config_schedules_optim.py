@@ -47,11 +47,12 @@ def test_overrides_and_round_trip(tmp_path) -> None:
 def test_every_shipped_and_experiment_config_is_valid_and_shipped_ones_load_by_name() -> None:
     from pathlib import Path
 
-    from auxssl.config import shipped_configs
+    from auxssl.config import shipped_configs, shipped_names
 
-    shipped = shipped_configs()
-    assert len(shipped) == 29 and "byol_rotation_cifar10" in shipped and "own_folder" in shipped
-    for name in shipped:  # by name, from the package (own_folder needs the user's folder)
+    assert len(shipped_configs()) == 8  # one file per method, and own_folder
+    names = shipped_names()
+    assert len(names) == 29 and "byol_rotation_cifar10" in names and "own_folder" in names
+    for name in names:  # by name, from the package (own_folder needs the user's folder)
         assert load_config(name, ["data.root=/photos"] if name == "own_folder" else []).model.method
     with pytest.raises(ConfigError, match="data.dataset=folder needs data.root"):
         load_config("own_folder")
@@ -59,6 +60,18 @@ def test_every_shipped_and_experiment_config_is_valid_and_shipped_ones_load_by_n
         load_config(path)
     with pytest.raises(ConfigError, match="did you mean .byol_rotation_cifar10."):
         load_config("byol_rotaton_cifar10")
+
+
+def test_a_named_variant_is_its_method_file_with_rotation_and_the_dataset_set() -> None:
+    """``swav_rotation_cifar100`` = ``swav_cifar10.yaml`` + rotation (λ 0.1) + CIFAR-100, named for itself; the
+    user's own overrides still apply on top."""
+    plain, variant = load_config("swav_cifar10"), load_config("swav_rotation_cifar100", ["train.epochs=3"])
+    assert variant.name == "swav_rotation_cifar100" and variant.data.dataset == "cifar100"
+    assert [(t.name, t.weight) for t in variant.tasks] == [("rotation", 0.1)] and plain.tasks == []
+    assert variant.train.epochs == 3
+    same = {k: v for k, v in vars(plain).items() if k not in ("name", "tasks", "data", "train")}
+    assert same == {k: v for k, v in vars(variant).items() if k not in ("name", "tasks", "data", "train")}
+    assert load_config("swav_cifar100").tasks == [] and load_config("swav_rotation_cifar10").data.dataset == "cifar10"
 
 
 def test_list_indices_in_overrides_and_readable_yaml_errors(tmp_path) -> None:
