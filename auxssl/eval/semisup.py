@@ -26,6 +26,7 @@ from torch import nn
 
 from auxssl.data.datasets import ImageDataset, ImageSubset
 from auxssl.data.labels import balanced_subset
+from auxssl.data.loaders.base import LoaderOptions
 from auxssl.data.loaders.tensor_loader import TensorLoader
 from auxssl.data.recipes import get_recipe
 from auxssl.eval.features import extract_features
@@ -74,10 +75,9 @@ def finetune_semisupervised(
     subset_indices = chosen[kept]
     subset_images = images
     batch_size = min(config.batch_size, len(subset_indices))
-    loader = TensorLoader(
-        train, get_recipe("linear_eval", image_size), batch_size, labels=train.labels,
-        device=device, seed=config.seed, drop_last=False, images=subset_images, rows=subset_indices,
-    )
+    options = LoaderOptions(labels=train.labels, device=device, seed=config.seed, drop_last=False)
+    loader = TensorLoader(train, get_recipe("linear_eval", image_size), batch_size, options, images=subset_images,
+                          rows=subset_indices)
     num_classes = int(row_labels.max()) + 1
     model = copy.deepcopy(backbone).to(device)
     test_x, test_y = extract_features(model, test, device=device, image_size=image_size)

@@ -9,7 +9,7 @@ import numpy as np
 import torch
 
 from auxssl.data.datasets import ImageDataset, default_cache_dir
-from auxssl.data.loaders.base import GoodCrops, MultiViewLoader, OrderFactory, derive_seed
+from auxssl.data.loaders.base import GoodCrops, LoaderOptions, MultiViewLoader, OrderFactory, derive_seed
 from auxssl.data.loaders.ffcv_loader import FFCVLoader, ffcv_available, write_beton
 from auxssl.data.loaders.tensor_loader import TensorLoader, kornia_augmentation
 from auxssl.data.loaders.torchvision_loader import TorchvisionLoader, torchvision_transform
@@ -54,18 +54,18 @@ def build_loader(
     is written once (default: the cache directory). ``order`` replaces the seeded shuffling (e.g. batches grouped
     by class); ``good_crops`` forces a share of good positive pairs (noise control).
     """
-    common = dict(labels=labels, device=device, seed=seed, shuffle=shuffle, drop_last=drop_last, order=order,
-                  good_crops=good_crops)
+    options = LoaderOptions(labels=labels, device=device, seed=seed, num_workers=num_workers, shuffle=shuffle,
+                            drop_last=drop_last, order=order, good_crops=good_crops)
     if backend == "torchvision":
-        return TorchvisionLoader(dataset, recipe, batch_size, num_workers=num_workers, **common)
+        return TorchvisionLoader(dataset, recipe, batch_size, options)
     if backend == "tensor":
-        return TensorLoader(dataset, recipe, batch_size, **common)
+        return TensorLoader(dataset, recipe, batch_size, options)
     if backend == "ffcv":
         size = dataset.storage_size(max(spec.size for spec in recipe.all_views))
         path = Path(beton_path) if beton_path else beton_cache_path(dataset, size)
         if not path.exists():
             write_beton(dataset, path, size=size)
-        return FFCVLoader(path, dataset, recipe, batch_size, num_workers=num_workers, **common)
+        return FFCVLoader(path, dataset, recipe, batch_size, options)
     raise ValueError(f"unknown loader backend {backend!r}; choose one of {', '.join(BACKENDS)}")
 
 
@@ -73,6 +73,7 @@ __all__ = [
     "BACKENDS",
     "FFCVLoader",
     "GoodCrops",
+    "LoaderOptions",
     "MultiViewLoader",
     "TensorLoader",
     "TorchvisionLoader",

@@ -65,6 +65,35 @@ class GoodCrops:
     min_iou: float
 
 
+@dataclass(frozen=True)
+class LoaderOptions:
+    """What every backend's loader takes besides the dataset, recipe and batch size.
+
+    Attributes:
+        labels: the labels the loader may reveal in ``batch.label`` (by dataset row, -1 hidden); None hides them.
+        device: where batches are made (tensor, FFCV) or moved to (torchvision).
+        seed: the seed of the epoch orders and augmentations.
+        num_workers: decoding processes (torchvision, FFCV).
+        shuffle: seeded shuffling of each epoch (else dataset order).
+        drop_last: drop the last incomplete batch.
+        order: replaces the seeded shuffling (e.g. batches grouped by class, noise control).
+        good_crops: forces a share of good positive pairs (noise control).
+    """
+
+    labels: np.ndarray | None = None
+    device: str | torch.device = "cpu"
+    seed: int = 0
+    num_workers: int = 2
+    shuffle: bool = True
+    drop_last: bool = True
+    order: OrderFactory | None = None
+    good_crops: GoodCrops | None = None
+
+    def epoch_order(self, rows: np.ndarray) -> EpochOrder:
+        """The order of the loader's positions over dataset ``rows``: ``order``'s, else seeded shuffling."""
+        return self.order(rows) if self.order is not None else shuffled_order(len(rows), self.seed, self.shuffle)
+
+
 def num_batches(n: int, batch_size: int, drop_last: bool) -> int:
     return n // batch_size if drop_last else -(-n // batch_size)
 

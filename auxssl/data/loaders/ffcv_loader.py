@@ -17,11 +17,9 @@ import torch
 from auxssl.data.datasets import ImageDataset
 from auxssl.data.loaders.base import (
     EpochOrder,
-    GoodCrops,
-    OrderFactory,
+    LoaderOptions,
     derive_seed,
     num_batches,
-    shuffled_order,
 )
 from auxssl.data.loaders.tensor_loader import KorniaViews
 from auxssl.data.recipes import Recipe
@@ -144,15 +142,7 @@ class FFCVLoader:
         dataset: ImageDataset,
         recipe: Recipe,
         batch_size: int,
-        *,
-        labels: np.ndarray | None = None,
-        device: str | torch.device = "cpu",
-        seed: int = 0,
-        num_workers: int = 2,
-        shuffle: bool = True,
-        drop_last: bool = True,
-        order: OrderFactory | None = None,
-        good_crops: GoodCrops | None = None,
+        options: LoaderOptions = LoaderOptions(),
     ) -> None:
         _require_ffcv()
         self._threads = _KeepTorchThreads()
@@ -161,14 +151,14 @@ class FFCVLoader:
         from ffcv.pipeline import PipelineSpec
         from ffcv.transforms import Squeeze, ToDevice, ToTensor, ToTorchImage
 
-        self.device = torch.device(device)
+        self.device = torch.device(options.device)
+        seed, drop_last = options.seed, options.drop_last
         self.recipe, self.batch_size, self.seed, self.epoch, self.start_batch = recipe, batch_size, seed, 0, 0
-        self.labels = (None if labels is None
-                       else torch.as_tensor(np.asarray(labels, dtype=np.int64), device=self.device))
+        self.labels = (None if options.labels is None
+                       else torch.as_tensor(np.asarray(options.labels, dtype=np.int64), device=self.device))
         self.source_index = torch.as_tensor(dataset.source_indices(), device=self.device)
-        rows = np.arange(len(dataset))
-        epoch_order = order(rows) if order is not None else shuffled_order(len(dataset), seed, shuffle)
-        self.augment = KorniaViews(recipe, dataset.mean, dataset.std, self.device, good_crops)
+        epoch_order = options.epoch_order(np.arange(len(dataset)))
+        self.augment = KorniaViews(recipe, dataset.mean, dataset.std, self.device, options.good_crops)
         to_device = [ToTensor(), ToDevice(self.device, non_blocking=True), ToTorchImage()]
         pipelines: dict[str, object] = {
             "image": PipelineSpec("image", decoder=SimpleRGBImageDecoder(), transforms=to_device),
@@ -178,7 +168,7 @@ class FFCVLoader:
         self.loader = Loader(
             str(path),
             batch_size=batch_size,
-            num_workers=num_workers,
+            num_workers=options.num_workers,
             order=_traversal(epoch_order),
             seed=seed,
             drop_last=drop_last,

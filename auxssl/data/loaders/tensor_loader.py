@@ -12,11 +12,10 @@ from torch import Tensor, nn
 from auxssl.data.datasets import ImageDataset
 from auxssl.data.loaders.base import (
     GoodCrops,
-    OrderFactory,
+    LoaderOptions,
     derive_seed,
     fill_skipped,
     num_batches,
-    shuffled_order,
     visible_labels,
 )
 from auxssl.data.params import identity_params, stack_views
@@ -177,18 +176,13 @@ class TensorLoader:
         dataset: ImageDataset,
         recipe: Recipe,
         batch_size: int,
+        options: LoaderOptions = LoaderOptions(),
         *,
-        labels: np.ndarray | None = None,
-        device: str | torch.device = "cpu",
-        seed: int = 0,
-        shuffle: bool = True,
-        drop_last: bool = True,
         images: Tensor | None = None,
         rows: np.ndarray | None = None,
-        order: OrderFactory | None = None,
-        good_crops: GoodCrops | None = None,
     ) -> None:
-        self.device = torch.device(device)
+        """``images``/``rows``: an already decoded ``to_uint8`` result (else the dataset is decoded here)."""
+        self.device = torch.device(options.device)
         if images is None:  # mixed-size images are stored at the recipe's largest view size
             images, rows = dataset.to_uint8(dataset.storage_size(max(spec.size for spec in recipe.all_views)))
         decoded_rows = np.arange(len(images)) if rows is None else np.asarray(rows)
@@ -199,10 +193,10 @@ class TensorLoader:
                                       np.arange(len(decoded_rows)))
         self.rows = decoded_rows[self.slots.numpy()]  # the dataset row each slot shows
         self.source_index = dataset.source_indices()[self.rows]
-        self.recipe, self.batch_size, self.labels = recipe, batch_size, labels
-        self.seed, self.drop_last, self.epoch, self.start_batch = seed, drop_last, 0, 0
-        self.order = order(self.rows) if order is not None else shuffled_order(len(self.rows), seed, shuffle)
-        self.augment = KorniaViews(recipe, dataset.mean, dataset.std, self.device, good_crops)
+        self.recipe, self.batch_size, self.labels = recipe, batch_size, options.labels
+        self.seed, self.drop_last, self.epoch, self.start_batch = options.seed, options.drop_last, 0, 0
+        self.order = options.epoch_order(self.rows)
+        self.augment = KorniaViews(recipe, dataset.mean, dataset.std, self.device, options.good_crops)
 
     def set_epoch(self, epoch: int, start_batch: int = 0) -> None:
         self.epoch, self.start_batch = epoch, start_batch

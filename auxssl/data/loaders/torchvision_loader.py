@@ -15,10 +15,9 @@ from auxssl.data.datasets import CorruptImageError, ImageDataset
 from auxssl.data.loaders.base import (
     EpochOrder,
     GoodCrops,
-    OrderFactory,
+    LoaderOptions,
     derive_seed,
     num_batches,
-    shuffled_order,
     visible_labels,
 )
 from auxssl.data.params import IDENTITY, identity_params, stack_views
@@ -188,25 +187,16 @@ class TorchvisionLoader:
         dataset: ImageDataset,
         recipe: Recipe,
         batch_size: int,
-        *,
-        labels: np.ndarray | None = None,
-        device: str | torch.device = "cpu",
-        seed: int = 0,
-        num_workers: int = 2,
-        shuffle: bool = True,
-        drop_last: bool = True,
-        order: OrderFactory | None = None,
-        good_crops: GoodCrops | None = None,
+        options: LoaderOptions = LoaderOptions(),
     ) -> None:
+        seed, num_workers, drop_last = options.seed, options.num_workers, options.drop_last
         self.dataset, self.recipe, self.batch_size = dataset, recipe, batch_size
-        self.labels, self.device, self.drop_last = labels, torch.device(device), drop_last
+        self.labels, self.device, self.drop_last = options.labels, torch.device(options.device), drop_last
         self.source_index = torch.from_numpy(dataset.source_indices())
-        rows = np.arange(len(dataset))
-        epoch_order = order(rows) if order is not None else shuffled_order(len(dataset), seed, shuffle)
-        self.sampler = _SeededSampler(len(dataset), seed, epoch_order)
+        self.sampler = _SeededSampler(len(dataset), seed, options.epoch_order(np.arange(len(dataset))))
         transforms = [torchvision_transform(spec, dataset.mean, dataset.std) for spec in recipe.all_views]
         self.loader = DataLoader(
-            _MultiViewDataset(dataset, transforms, recipe, good_crops),
+            _MultiViewDataset(dataset, transforms, recipe, options.good_crops),
             batch_size=batch_size,
             sampler=self.sampler,
             num_workers=num_workers,
