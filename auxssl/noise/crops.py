@@ -24,13 +24,18 @@ from torch import Tensor
 GOOD_CROP_CANDIDATES = 256
 
 
-def paired_iou(a: Tensor, b: Tensor) -> Tensor:
-    """IoU of ``a[i]`` with ``b[i]`` for boxes ``(..., 4)`` as ``(x0, y0, x1, y1)``."""
+def paired_overlap(a: Tensor, b: Tensor) -> tuple[Tensor, Tensor, Tensor]:
+    """Intersection area of ``a[i]`` and ``b[i]`` and the two areas, for boxes ``(..., 4)`` as ``(x0, y0, x1, y1)``."""
     width = (torch.minimum(a[..., 2], b[..., 2]) - torch.maximum(a[..., 0], b[..., 0])).clamp_min(0)
     height = (torch.minimum(a[..., 3], b[..., 3]) - torch.maximum(a[..., 1], b[..., 1])).clamp_min(0)
-    inter = width * height
     area_a = (a[..., 2] - a[..., 0]) * (a[..., 3] - a[..., 1])
     area_b = (b[..., 2] - b[..., 0]) * (b[..., 3] - b[..., 1])
+    return width * height, area_a, area_b
+
+
+def paired_iou(a: Tensor, b: Tensor) -> Tensor:
+    """IoU of ``a[i]`` with ``b[i]`` for boxes ``(..., 4)`` as ``(x0, y0, x1, y1)``."""
+    inter, area_a, area_b = paired_overlap(a, b)
     return inter / (area_a + area_b - inter).clamp_min(1e-12)
 
 

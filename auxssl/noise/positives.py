@@ -10,7 +10,7 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
-from auxssl.noise.crops import paired_iou
+from auxssl.noise.crops import paired_iou, paired_overlap
 from baselines.protocol import Batch
 
 
@@ -75,16 +75,11 @@ def crop_overlap_rates(crop_boxes: Tensor) -> dict[str, Tensor]:
     - ``noise/crop_contained``: the smaller crop lies entirely inside the larger (same content, other scale);
     - ``noise/crop_disjoint``: no overlap at all.
     """
-    a, b = crop_boxes[0], crop_boxes[1]
-    width = (torch.minimum(a[:, 2], b[:, 2]) - torch.maximum(a[:, 0], b[:, 0])).clamp_min(0)
-    height = (torch.minimum(a[:, 3], b[:, 3]) - torch.maximum(a[:, 1], b[:, 1])).clamp_min(0)
-    inter = width * height
-    area_a = (a[:, 2] - a[:, 0]) * (a[:, 3] - a[:, 1])
-    area_b = (b[:, 2] - b[:, 0]) * (b[:, 3] - b[:, 1])
-    smaller = torch.minimum(area_a, area_b).clamp_min(1e-12)
-    over_smaller = inter / smaller
+    inter, area_a, area_b = paired_overlap(crop_boxes[0], crop_boxes[1])
+    over_smaller = inter / torch.minimum(area_a, area_b).clamp_min(1e-12)
+    iou = inter / (area_a + area_b - inter).clamp_min(1e-12)
     return {
-        "noise/crop_iou_low": (paired_iou(a, b) < 0.5).float().mean(),
+        "noise/crop_iou_low": (iou < 0.5).float().mean(),
         "noise/crop_ios_low": (over_smaller < 0.5).float().mean(),
         "noise/crop_contained": (over_smaller >= 1 - 1e-6).float().mean(),
         "noise/crop_disjoint": (inter <= 0).float().mean(),

@@ -51,6 +51,10 @@ def torchvision_transform(spec: ViewSpec, mean: Sequence[float], std: Sequence[f
     return v2.Compose(steps)
 
 
+#: The recorded flag of each random step that is applied or not as a whole.
+_RECORDED_FLAG = {v2.RandomHorizontalFlip: "flip", v2.RandomGrayscale: "grayscale", v2.RandomSolarize: "solarize"}
+
+
 def _run_recorded(steps: Sequence[torch.nn.Module], image: Any, record: dict[str, Tensor]) -> Any:
     """Apply ``steps`` to one image, drawing each random step's parameters explicitly — the same draws, in the
     same order, as the steps' own ``forward`` — and write them into the view's ``record`` (`auxssl.data.params`,
@@ -68,12 +72,11 @@ def _run_recorded(steps: Sequence[torch.nn.Module], image: Any, record: dict[str
                 record["jitter"][0] = torch.tensor(drawn)
             elif isinstance(inner, v2.GaussianBlur):
                 record["blur_sigma"][0] = params["sigma"][0]
-        elif isinstance(step, (v2.RandomHorizontalFlip, v2.RandomGrayscale, v2.RandomSolarize)):
+        elif type(step) in _RECORDED_FLAG:
             if torch.rand(1) >= step.p:
                 continue
             image = step.transform(image, step.make_params([image]))
-            name = {v2.RandomHorizontalFlip: "flip", v2.RandomGrayscale: "grayscale", v2.RandomSolarize: "solarize"}
-            record[name[type(step)]][0] = True
+            record[_RECORDED_FLAG[type(step)]][0] = True
         else:
             image = step(image)
     return image
