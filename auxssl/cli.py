@@ -34,10 +34,11 @@ def _eval(args: argparse.Namespace) -> int:
     from auxssl.data.datasets import get_dataset
     from auxssl.engine.build import random_subset
     from auxssl.engine.precision import resolve_device
+    from auxssl.eval.evaluators import describe_evaluators, offline_evaluators
     from auxssl.eval.knn import KNNProtocol
     from auxssl.eval.linear import ProbeConfig, linear_probe_augmented
     from auxssl.eval.offline import evaluate_backbone, load_backbone
-    from auxssl.eval.projector import PROJECTOR_PROTOCOL, load_projector
+    from auxssl.eval.projector import load_projector
     from auxssl.eval.semisup import SemiSupervisedConfig, finetune_semisupervised
 
     bad_size = args.image_size is not None and args.image_size < 1
@@ -67,26 +68,24 @@ def _eval(args: argparse.Namespace) -> int:
     size_source = "--image-size" if args.image_size else "the run's evaluation size" if built.get("image_size") else \
         "the dataset's stored size"
     knn = KNNProtocol(args.k, args.temperature)
-    linear = ProbeConfig(epochs=args.probe_epochs) if args.linear else None
-    mlp = ProbeConfig(epochs=args.probe_epochs, hidden_dim=args.mlp_hidden) if args.mlp else None
-    projector = load_projector(args.checkpoint).to(device) if args.projector_probes else None
-    results: dict = evaluate_backbone(backbone, train, test, knn=knn, linear=linear, mlp=mlp, projector=projector,
-                                      device=device, image_size=size)
+    probe = ProbeConfig(epochs=args.probe_epochs)
+    evaluators = offline_evaluators(
+        knn, linear=probe if args.linear else None,
+        mlp=ProbeConfig(epochs=args.probe_epochs, hidden_dim=args.mlp_hidden) if args.mlp else None,
+        projector=load_projector(args.checkpoint).to(device) if args.projector_probes else None,
+        projector_config=probe)
+    results: dict = evaluate_backbone(backbone, train, test, evaluators=evaluators, device=device, image_size=size)
     if args.linear_augmented:
-        results.update(linear_probe_augmented(backbone, train, test, ProbeConfig(epochs=args.probe_epochs), device,
+        results.update(linear_probe_augmented(backbone, train, test, probe, device,
                                               image_size=size))
     split = f" ({test.description})" if test.description else ""
     protocol = "the run's own dataset and subsets" if own else f"dataset {dataset}"
     results["protocol"] = {"data": f"features at {size} px ({size_source}); {protocol}; bank: {len(train)} training "
                                    f"images; test: {len(test)} images{split}",
-                           "knn": knn.describe(), **({"linear": linear.describe()} if linear else {}),
+                           **describe_evaluators(evaluators)[0],
                            **({"linear_aug": "linear layer on the frozen backbone, trained on fresh random-resized "
-                                             "crops (0.08-1) and flips every epoch; " + ProbeConfig(
-                                                 epochs=args.probe_epochs).describe().split("; ", 1)[1]}
-                              if args.linear_augmented else {}),
-                           **({"mlp": mlp.describe()} if mlp else {}),
-                           **({"projector_layers": PROJECTOR_PROTOCOL + (linear or ProbeConfig(
-                               epochs=args.probe_epochs)).describe()} if projector is not None else {})}
+                                             "crops (0.08-1) and flips every epoch; "
+                                             + probe.describe().split("; ", 1)[1]} if args.linear_augmented else {})}
     semisup = {}
     for fraction in args.semisup:
         out = finetune_semisupervised(backbone, train, test, SemiSupervisedConfig(fraction=fraction), device,

@@ -105,6 +105,8 @@ class EvalConfig:
     linear: bool = False  # offline linear probe at the final evaluation
     projector_probes: bool = False  # at the final evaluation, a linear probe on every projector layer too
     online_linear: bool = False  # online linear probe on detached features (needs revealed labels)
+    # online linear probes on every projector layer's output too (needs revealed labels and a projector)
+    online_projector_probes: bool = False
     wait_timeout_s: float = 3600.0  # under torch.distributed: the longest a rank waits for rank 0's probes
 
 
@@ -414,9 +416,11 @@ def validate(config: RunConfig) -> None:
                               ("optim.momentum", optim.momentum, "1)")):
         if not (0 <= value <= 1 and (upper == "1]" or value < 1)):
             raise ConfigError(f"{key}={value} must lie in [0, {upper}")
-    if evaluation.online_linear and config.model.method == "none":
-        raise ConfigError("eval.online_linear probes the features the base method computes from the views, and "
-                          "model.method=none computes none (it trains on its tasks alone); use the kNN or eval.linear")
+    for key in ("online_linear", "online_projector_probes"):
+        if getattr(evaluation, key) and config.model.method == "none":
+            raise ConfigError(f"eval.{key} probes the features the base method computes from the views, and "
+                              "model.method=none computes none (it trains on its tasks alone); use the kNN or "
+                              "eval.linear")
     roots = {"data": (data.dataset, data.root), "eval": (evaluation.dataset, evaluation.root)}
     for key, (dataset, root) in roots.items():
         if dataset == "folder" and not root:

@@ -1,4 +1,4 @@
-"""Build the pieces of a run from its configuration: datasets, model, loader."""
+"""Build the pieces of a run from its configuration: datasets, model, loader, evaluators and online probes."""
 
 from __future__ import annotations
 
@@ -15,10 +15,15 @@ from auxssl.data import build_loader, get_dataset, get_recipe, reveal_labels
 from auxssl.data.datasets import ImageDataset, ImageSubset
 from auxssl.data.loaders import MultiViewLoader, choose_backend, derive_seed
 from auxssl.errors import InputError
+from auxssl.eval.evaluators import Evaluator, offline_evaluators
+from auxssl.eval.knn import KNNProtocol
+from auxssl.eval.linear import OnlineLinearProbe, ProbeConfig
+from auxssl.eval.projector import OnlineProjectorProbes
 from auxssl.noise.control import NoiseControl
 from auxssl.plugins import method_class, task_class
 from auxssl.wrapper import AuxWrapper
 from baselines import build_backbone
+from baselines.backbones import feature_dim
 
 #: Seed of the fixed random subsets (``data.train_subset``, ``eval.test_subset``): the same for every run.
 SUBSET_SEED = 0
@@ -183,3 +188,51 @@ def seed_everything(seed: int, deterministic: bool) -> None:
     if deterministic:
         torch.use_deterministic_algorithms(True, warn_only=True)
     torch.backends.cudnn.benchmark = not deterministic
+
+
+def base_projector(model: nn.Module) -> nn.Module | None:
+    """The base method's online projector (the per-layer probes'), None when it has none."""
+    return getattr(getattr(model, "base", model), "projector", None)
+
+
+def build_evaluators(config: RunConfig, model: nn.Module) -> list[Evaluator]:
+    """The run's offline evaluators: the kNN at every evaluation; at the final one the linear probe
+    (``eval.linear``) and the per-layer projector probes (``eval.projector_probes``)."""
+    projector = base_projector(model)
+    if config.eval.projector_probes and projector is None:
+        raise InputError(f"eval.projector_probes: model.method={config.model.method} has no projector")
+    return offline_evaluators(KNNProtocol(config.eval.knn_k, config.eval.knn_temperature),
+                              linear=ProbeConfig() if config.eval.linear else None,
+                              projector=projector if config.eval.projector_probes else None)
+
+
+class OnlineProbes(NamedTuple):
+    """The probes trained during SSL on the base method's detached online features (None: not asked for)."""
+
+    linear: OnlineLinearProbe | None
+    projector_layers: OnlineProjectorProbes | None
+
+    def active(self) -> list[OnlineLinearProbe | OnlineProjectorProbes]:
+        return [p for p in self if p is not None]
+
+
+def build_online_probes(config: RunConfig, model: nn.Module, train_set: ImageDataset,
+                        device: torch.device) -> OnlineProbes:
+    """``eval.online_linear`` (on the backbone features) and ``eval.online_projector_probes`` (on each projector
+    layer); both learn from the revealed labels."""
+    asked = [k for k in ("online_linear", "online_projector_probes") if getattr(config.eval, k)]
+    if not asked:
+        return OnlineProbes(None, None)
+    if config.data.reveal_labels <= 0:
+        raise InputError(f"eval.{asked[0]} needs revealed labels: set data.reveal_labels > 0")
+    num_classes = int(train_set.labels.max()) + 1
+    linear = layers = None
+    if config.eval.online_linear:
+        linear = OnlineLinearProbe(feature_dim(model.backbone), num_classes).to(device)
+    if config.eval.online_projector_probes:
+        projector = base_projector(model)
+        if not isinstance(projector, nn.Sequential):
+            raise InputError(f"eval.online_projector_probes: model.method={config.model.method} has no "
+                             "nn.Sequential projector")
+        layers = OnlineProjectorProbes(projector, num_classes).to(device)
+    return OnlineProbes(linear, layers)

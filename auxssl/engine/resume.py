@@ -90,9 +90,10 @@ def resume_run(trainer: Trainer, path: Path | None, allow_config_change: bool) -
     trainer.optimizer.load_state_dict(state["optimizer"])
     if trainer.scaler is not None and state["scaler"] is not None:
         trainer.scaler.load_state_dict(state["scaler"])
-    if trainer.online_probe is not None and state["online_probe"] is not None:
-        trainer.online_probe.load_state_dict(state["online_probe"]["head"])
-        trainer.online_probe.optimizer.load_state_dict(state["online_probe"]["optimizer"])
+    for probe, key in ((trainer.online_probe, "online_probe"),
+                       (trainer.online_probes.projector_layers, "online_projector_probes")):
+        if probe is not None and state.get(key) is not None:
+            probe.load_checkpoint_state(state[key])
     trainer.step, trainer.epoch, trainer.batch_in_epoch = state["step"], state["epoch"], state["batch_in_epoch"]
     trainer.images_seen = state["images_seen"]
     trainer.clock = TrainClock(state["train_time_s"], state.get("train_cpu_s", 0.0))

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import dataclasses
 import logging
 from collections.abc import Sequence
 from pathlib import Path
@@ -12,8 +11,7 @@ from auxssl.config import NoiseConfig, RunConfig, TaskConfig, to_dict
 from auxssl.engine.build import evaluation_data, resolve_backend
 from auxssl.engine.machine import machine_info
 from auxssl.engine.resume import flatten
-from auxssl.eval.linear import ProbeConfig
-from auxssl.eval.projector import PROJECTOR_PROTOCOL, projector_layers
+from auxssl.eval.evaluators import describe_evaluators
 from auxssl.eval.tracker import RunInfo
 
 if TYPE_CHECKING:
@@ -51,22 +49,17 @@ def describe_run(trainer: Trainer) -> RunInfo:
     cfg = trainer.config
     data, data_text = evaluation_data(cfg, trainer.bank_set, trainer.test_set, trainer.eval_image_size,
                                       trainer.eval_precision)
-    protocol = {"data": data_text, "knn": trainer.knn_protocol.describe()}
-    evaluation: dict[str, dict[str, Any]] = {"data": data, "knn": dataclasses.asdict(trainer.knn_protocol)}
+    protocol: dict[str, str] = {"data": data_text}
+    evaluation: dict[str, dict[str, Any]] = {"data": data}
     if trainer.no_evaluation is not None:  # nothing is evaluated: say why instead of describing evaluators
         protocol = {"data": f"no evaluation: {trainer.no_evaluation}"}
         evaluation = {"data": {"none": trainer.no_evaluation}}
     else:
-        if cfg.eval.linear:
-            protocol["linear"] = ProbeConfig().describe()
-            evaluation["linear"] = dataclasses.asdict(ProbeConfig())
-        if cfg.eval.projector_probes:
-            protocol["projector_layers"] = PROJECTOR_PROTOCOL + ProbeConfig().describe()
-            evaluation["projector_layers"] = {"layers": len(projector_layers(trainer.projector)) + 1,
-                                              **dataclasses.asdict(ProbeConfig())}
-    if trainer.online_probe is not None and trainer.no_evaluation is None:
-        protocol["online_linear"] = trainer.online_probe.describe()
-        evaluation["online_linear"] = {**trainer.online_probe.settings(), "reveal_labels": cfg.data.reveal_labels}
+        offline = describe_evaluators(trainer.evaluators)
+        online = describe_evaluators(trainer.online_probes.active())
+        protocol.update({**offline[0], **online[0]})
+        evaluation.update({**offline[1], **{name: {**settings, "reveal_labels": cfg.data.reveal_labels}
+                                            for name, settings in online[1].items()}})
     budget = {
         "epochs": cfg.train.epochs, "batch_size": cfg.data.batch_size, "steps_per_epoch": trainer.steps_per_epoch,
         "train_images": len(trainer.train_set), "train_subset": cfg.data.train_subset,

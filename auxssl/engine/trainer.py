@@ -20,7 +20,9 @@ from auxssl.config import RunConfig, save_config, to_dict
 from auxssl.engine.build import (
     RunDatasets,
     build_datasets,
+    build_evaluators,
     build_model,
+    build_online_probes,
     build_train_loader,
     memory_budget,
     process_seed,
@@ -50,8 +52,6 @@ from auxssl.engine.resume import initialise_backbone, resume_run
 from auxssl.engine.run_info import describe_run, record_skipped_images, skipped_images, why_no_evaluation
 from auxssl.engine.schedules import ema_schedule, warmup_cosine
 from auxssl.errors import InputError, UserError
-from auxssl.eval.knn import KNNProtocol
-from auxssl.eval.linear import OnlineLinearProbe, ProbeConfig
 from auxssl.eval.offline import evaluate_backbone
 from auxssl.eval.sharded import EvalGroup
 from auxssl.eval.tracker import (
@@ -65,7 +65,6 @@ from auxssl.eval.tracker import (
 )
 from auxssl.noise.control import NoiseControl
 from auxssl.wrapper import AuxWrapper
-from baselines.backbones import feature_dim
 from baselines.checkpointing import enable_activation_checkpointing
 from baselines.protocol import Batch
 
@@ -158,24 +157,18 @@ class Trainer:
         self.tau_schedule = ema_schedule(base_tau, self.total_steps, final_tau) if base_tau is not None else None
         self.scaler = torch.amp.GradScaler(self.device.type) if self.precision.needs_scaler else None
 
-        self.knn_protocol = KNNProtocol(config.eval.knn_k, config.eval.knn_temperature)
-        #: the base method's online projector, for the per-layer probes (`eval.projector_probes`)
-        self.projector = getattr(getattr(self.model, "base", self.model), "projector", None)
-        if config.eval.projector_probes and self.projector is None:
-            raise InputError(f"eval.projector_probes: model.method={config.model.method} has no projector")
+        #: the offline evaluators (`auxssl.eval.evaluators`): run.json and the report derive from this list
+        self.evaluators = build_evaluators(config, self.model)
         self._eval_images: tuple | None = None
         #: Under torch.distributed each rank evaluates its shards (`auxssl.eval.sharded`).
         self.eval_group = EvalGroup.create(config.eval.wait_timeout_s) if self.dist.enabled else None
         #: Why this run has no evaluation (None when it has one); in run.json and the report.
         self.no_evaluation = why_no_evaluation(config, self.bank_set, self.test_set)
         self.evaluation_enabled = self.no_evaluation is None
-        self.online_probe: OnlineLinearProbe | None = None
-        if config.eval.online_linear:
-            if config.data.reveal_labels <= 0:
-                raise InputError("eval.online_linear needs revealed labels: set data.reveal_labels > 0")
-            num_classes = int(self.train_set.labels.max()) + 1
-            self.online_probe = OnlineLinearProbe(feature_dim(self.model.backbone), num_classes).to(self.device)
-            #: the base method's online features: the wrapper's recorder, or one on a method without tasks
+        #: probes trained at every step on the base method's online features (`OnlineProbes`)
+        self.online_probes = build_online_probes(config, self.model, self.train_set, self.device)
+        self.online_probe = self.online_probes.linear
+        if self.online_probes.active():  # the wrapper's recorder, or one on a method without tasks
             self.features = self.model if isinstance(self.model, AuxWrapper) else OnlineFeatureRecorder(self.model)
 
         self.step = 0
@@ -224,8 +217,9 @@ class Trainer:
             "backbone": self.model.backbone.state_dict(),
             "optimizer": self.optimizer.state_dict(),
             "scaler": self.scaler.state_dict() if self.scaler else None,
-            "online_probe": None if self.online_probe is None else {
-                "head": self.online_probe.state_dict(), "optimizer": self.online_probe.optimizer.state_dict()},
+            "online_probe": self.online_probe and self.online_probe.checkpoint_state(),
+            "online_projector_probes": self.online_probes.projector_layers
+            and self.online_probes.projector_layers.checkpoint_state(),
             "step": self.step, "epoch": self.epoch, "batch_in_epoch": self.batch_in_epoch,
             "images_seen": self.images_seen, "train_time_s": self.clock.elapsed,
             "train_cpu_s": self.clock.cpu_elapsed, "rng": rng_state(self.device), "config": to_dict(self.config),
@@ -288,24 +282,24 @@ class Trainer:
             self.optimizer.step()
         if self.tau_schedule is not None:
             self.model.momentum_update(float(self.tau_schedule[self.step]))
-        if self.online_probe is not None and batch.label is not None and self.features.online_features:
-            # the base method's online features of the first view (`OnlineFeatureRecorder`)
-            out.update(self.online_probe.update(self.features.online_features[0], batch.label))  # incl. PROBE_LABELLED
+        if self.online_probes.active() and batch.label is not None and self.features.online_features:
+            # the base method's online features of the first view (`OnlineFeatureRecorder`); incl. PROBE_LABELLED
+            for probe in (self.online_probe, self.online_probes.projector_layers):
+                if probe is not None:
+                    out.update(probe.update(self.features.online_features[0], batch.label))
         out.update(noise)
         out["lr"] = lr
         return out
 
     def evaluate(self, final: bool = False) -> dict[str, float]:
-        """kNN (and, at the end, the linear probe) on the backbone; the training clock is paused meanwhile."""
+        """The evaluators on the backbone (the kNN at every evaluation, probes at the final one); the training
+        clock is paused meanwhile."""
         with self.clock.paused():
-            linear = ProbeConfig() if final and self.config.eval.linear else None
-            projector = self.projector if final and self.config.eval.projector_probes else None
-            return evaluate_backbone(self.model.backbone, self.bank_set, self.test_set, knn=self.knn_protocol,
-                                     linear=linear, projector=projector, device=self.device,
-                                     image_size=self.eval_image_size,
+            evaluators = [e for e in self.evaluators if final or e.every_evaluation]
+            return evaluate_backbone(self.model.backbone, self.bank_set, self.test_set, evaluators=evaluators,
+                                     device=self.device, image_size=self.eval_image_size,
                                      decoded=self._decoded_eval_images(), precision=self.eval_precision,
-                                     group=self.eval_group,
-                                     num_workers=self.config.data.num_workers)
+                                     group=self.eval_group, num_workers=self.config.data.num_workers)
 
     def _decoded_eval_images(self) -> tuple | None:
         """The evaluation images decoded once per run when they fit `memory_budget` (much faster than decoding at

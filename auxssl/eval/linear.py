@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 import torch
@@ -197,12 +198,22 @@ class OnlineLinearProbe(nn.Module):
     batches (batch 64, half the labels revealed: loss 2.7 → 8.6).
     """
 
+    name = "online_linear"  # its key in run.json's protocol and evaluation
+    prefix = "online_linear/"
     reference_batch = 256
 
     def __init__(self, feature_dim: int, num_classes: int, lr: float = 0.1, momentum: float = 0.9) -> None:
         super().__init__()
         self.head = nn.Sequential(nn.BatchNorm1d(feature_dim, affine=False), nn.Linear(feature_dim, num_classes))
         self.optimizer = torch.optim.SGD(self.head.parameters(), lr=lr, momentum=momentum)
+
+    def checkpoint_state(self) -> dict[str, Any]:
+        """The head and its optimiser (what a resumed run needs to continue the probe where it was)."""
+        return {"head": self.state_dict(), "optimizer": self.optimizer.state_dict()}
+
+    def load_checkpoint_state(self, state: dict[str, Any]) -> None:
+        self.load_state_dict(state["head"])
+        self.optimizer.load_state_dict(state["optimizer"])
 
     def settings(self) -> dict[str, float | str]:
         group = self.optimizer.param_groups[0]

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import json
-from functools import partial
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -14,11 +14,11 @@ from torch import nn
 from auxssl.data.datasets import ImageDataset
 from auxssl.engine.checkpoint import load_checkpoint
 from auxssl.errors import InputError
+from auxssl.eval.evaluators import Evaluator, Features, offline_evaluators
 from auxssl.eval.features import extract_features_and_rows
-from auxssl.eval.knn import KNNProtocol, knn_evaluate
-from auxssl.eval.linear import ProbeConfig, linear_probe, mlp_probe
-from auxssl.eval.projector import projector_probes
-from auxssl.eval.sharded import EvalGroup, every_cpu_thread, sharded_knn_evaluate
+from auxssl.eval.knn import KNNProtocol
+from auxssl.eval.linear import ProbeConfig
+from auxssl.eval.sharded import EvalGroup, every_cpu_thread
 from baselines.backbones import build_backbone
 
 #: Suffix of the settings file `auxssl export` writes beside exported weights (``backbone.pt`` → ``backbone.json``).
@@ -97,6 +97,7 @@ def evaluate_backbone(
     train: ImageDataset,
     test: ImageDataset,
     *,
+    evaluators: Sequence[Evaluator] | None = None,
     knn: KNNProtocol | None = KNNProtocol(),
     linear: ProbeConfig | None = None,
     mlp: ProbeConfig | None = None,
@@ -108,19 +109,24 @@ def evaluate_backbone(
     group: EvalGroup | None = None,
     num_workers: int = 2,
 ) -> dict[str, float]:
-    """Features of both splits extracted once (evaluation transform), then kNN and/or probes; accuracies in %.
+    """Features of both splits extracted once (evaluation transform), then every evaluator; accuracies in %.
 
+    ``evaluators``: the `Evaluator` objects to run (`auxssl.eval.evaluators`); without them, the ones ``knn``,
+    ``linear``, ``mlp`` and ``projector`` choose (`offline_evaluators`: kNN by default; ``projector``, a linear
+    probe on each of its layers with ``linear``'s settings).
     ``image_size``: the side the images are resized to before the backbone (None: as stored). Evaluate at the
     size the backbone was trained at: the same weights score very differently at another resolution.
     ``decoded``: the two splits' ``to_uint8()`` results, for callers that evaluate repeatedly (the trainer).
     Without ``decoded``, images not already in memory are streamed (memory bounded by a batch and the features).
     ``precision``: of the feature extraction (`extract_features`). The kNN runs on ``device``.
     ``group``: under torch.distributed (a collective call), every process extracts the features of its shards
-    (`EvalGroup.shard` of ``train`` and ``test``; ``decoded`` holds those shards' images), the kNN is split over
-    the ranks and the probes train on rank 0 (`auxssl.eval.sharded`); every rank returns the results.
+    (`EvalGroup.shard` of ``train`` and ``test``; ``decoded`` holds those shards' images), sharded evaluators
+    (the kNN) run split over the ranks and the others on rank 0, on the gathered features
+    (`auxssl.eval.sharded`); every rank returns the results.
     ``num_workers``: processes decoding streamed images (the run's ``data.num_workers``).
-    ``projector``: also a linear probe on each of its layers (`auxssl.eval.projector`; ``linear``'s settings).
     """
+    if evaluators is None:
+        evaluators = offline_evaluators(knn, linear, mlp, projector)
     if group is not None:
         train, test = group.shard(train), group.shard(test)
     device = torch.device(device)
@@ -136,33 +142,23 @@ def evaluate_backbone(
     if min(highest) < 0:
         raise InputError(f"evaluation needs labels: {train.name if highest[0] < 0 else test.name} has none")
     num_classes = max(highest) + 1
+    local = Features(train_x, train_y, test_x, test_y, num_classes, device)
     results: dict[str, float] = {}
-    if knn is not None:
-        if group is None:
-            results.update(knn_evaluate(train_x.to(device), train_y, test_x.to(device), test_y, knn, num_classes))
-        else:
-            results.update(sharded_knn_evaluate(train_x.to(device), train_y, test_x.to(device), test_y, group,
-                                                k=knn.k, temperature=knn.temperature, num_classes=num_classes))
-    probes = [(run, config) for run, config in ((linear_probe, linear), (mlp_probe, mlp)) if config is not None]
-    if projector is not None:
-        probes.append((partial(projector_probes, projector), linear or ProbeConfig()))
-    if not probes:
+    for evaluator in (e for e in evaluators if e.sharded or group is None):
+        results.update(evaluator(local, group))
+    on_gathered = [e for e in evaluators if not e.sharded]
+    if group is None or not on_gathered:
         return results
-
-    def train_probes(splits: tuple[tuple[torch.Tensor, torch.Tensor], tuple[torch.Tensor, torch.Tensor]]) -> dict:
-        (train_x, train_y), (test_x, test_y) = splits
-        return {name: value for run, config in probes for name, value in run(train_x, train_y, test_x, test_y,
-                                                                            config).items()}
-
-    if group is None:
-        return {**results, **train_probes(((train_x, train_y), (test_x, test_y)))}
     # the features of every shard, gathered on rank 0 only and put back in dataset order
     parts = group.gather_on_main([(train_x, train_y, train.indices[train_rows]),
                                   (test_x, test_y, test.indices[test_rows])])
 
     def on_main() -> dict:
+        (train_all, train_labels), (test_all, test_labels) = (_in_dataset_order([p[split] for p in parts])
+                                                              for split in (0, 1))
+        gathered = Features(train_all, train_labels, test_all, test_labels, num_classes, device)
         with every_cpu_thread():
-            return train_probes(tuple(_in_dataset_order([p[split] for p in parts]) for split in (0, 1)))
+            return {name: value for e in on_gathered for name, value in e(gathered).items()}
 
     return {**results, **group.run_on_main(on_main, "probes")}
 

@@ -9,13 +9,14 @@ already extracted for the kNN: no image passes again. A *layer* ends after each 
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any
 
 import torch
 from torch import Tensor, nn
 
 from auxssl.engine.checkpoint import find_last_checkpoint, load_checkpoint
 from auxssl.errors import InputError
-from auxssl.eval.linear import ProbeConfig, linear_probe
+from auxssl.eval.linear import OnlineLinearProbe, ProbeConfig, linear_probe
 
 #: How the per-layer probes are described in run.json and eval results (followed by the probe protocol).
 PROJECTOR_PROTOCOL = ("linear probe on the backbone features (layer 0) and on each projector layer's output (after "
@@ -61,6 +62,66 @@ def projector_probes(projector: nn.Sequential, train_x: Tensor, train_y: Tensor,
         for key, value in linear_probe(train_i, train_y, test_i, test_y, config).items():
             results[key.replace("linear/", f"linear/layer{i}/", 1)] = value
     return results
+
+
+def layer_widths(projector: nn.Sequential) -> list[int]:
+    """The output width of each projector layer (`projector_layers`): its last linear layer's."""
+    widths = []
+    for prefix in projector_layers(projector):
+        linears = [m for m in prefix if isinstance(m, nn.Linear)]
+        if not linears:
+            raise InputError("per-layer probes need a projector made of nn.Linear layers")
+        widths.append(linears[-1].out_features)
+    return widths
+
+
+class OnlineProjectorProbes(nn.Module):
+    """Online linear probes on every projector layer (FFCV-SSL's online per-layer probes): at each training step,
+    one `OnlineLinearProbe` per layer learns from that layer's output on the detached online features of the
+    first view, the projector in eval mode (running statistics, no gradient, its batch-norm statistics left
+    untouched), like the offline `projector_probes`. Layer 0, the backbone, is the run's ``online_linear`` probe;
+    metrics ``online_linear/layer<i>/top1`` and ``…/loss`` for layers 1…L.
+
+    The projector is borrowed, not owned: it is not part of this module's parameters or state dict."""
+
+    name = "online_projector_layers"
+    prefix = "online_linear/layer"
+
+    def __init__(self, projector: nn.Sequential, num_classes: int, lr: float = 0.1, momentum: float = 0.9) -> None:
+        super().__init__()
+        self._projector = (projector,)  # a tuple: not registered as a submodule
+        self.probes = nn.ModuleList(OnlineLinearProbe(width, num_classes, lr, momentum)
+                                    for width in layer_widths(projector))
+
+    def settings(self) -> dict[str, Any]:
+        return {"layers": len(self.probes), **self.probes[0].settings(),
+                "input": "each projector layer's output (eval mode) on detached pooled features"}
+
+    def describe(self) -> str:
+        return ("online linear probes on each projector layer's output (after every hidden block's ReLU, and the "
+                "projector output; projector in eval mode) of the detached features of the training views; "
+                + self.probes[0].describe().split("; ", 1)[1])
+
+    def update(self, features: Tensor, labels: Tensor) -> dict[str, Tensor | int]:
+        """One step of every layer's probe (`OnlineLinearProbe.update`); the labelled count under
+        ``online_linear/labelled`` once."""
+        outputs = layer_features(self._projector[0], features.detach().float())[1:]
+        results: dict[str, Tensor | int] = {}
+        for i, (probe, output) in enumerate(zip(self.probes, outputs), start=1):
+            for key, value in probe.update(output, labels).items():
+                results[key if key == "online_linear/labelled" else key.replace("online_linear/",
+                                                                                 f"online_linear/layer{i}/", 1)] = value
+        return results
+
+    def checkpoint_state(self) -> list[dict[str, Any]]:
+        return [probe.checkpoint_state() for probe in self.probes]
+
+    def load_checkpoint_state(self, state: list[dict[str, Any]]) -> None:
+        if len(state) != len(self.probes):
+            raise ValueError(f"the checkpoint holds {len(state)} projector-layer probes, this projector has "
+                             f"{len(self.probes)} layers")
+        for probe, part in zip(self.probes, state):
+            probe.load_checkpoint_state(part)
 
 
 def load_projector(path: str | Path) -> nn.Sequential:
