@@ -231,34 +231,40 @@ def probe_batches(rank: int) -> list[tuple[torch.Tensor, torch.Tensor]]:
     return batches
 
 
-def probe_worker(rank: int, init_file: str, out_dir: str) -> None:
+def make_probe(kind: str) -> torch.nn.Module:
+    """An online probe on 4-d features: the backbone's linear probe, or per-layer probes on a seeded projector."""
     from auxssl.eval.linear import OnlineLinearProbe
+    from auxssl.eval.projector import OnlineProjectorProbes
+    from baselines.heads import mlp
 
+    torch.manual_seed(0)
+    return OnlineLinearProbe(4, 3) if kind == "linear" else OnlineProjectorProbes(mlp([4, 8, 5]), 3)
+
+
+def probe_worker(rank: int, init_file: str, out_dir: str, kind: str) -> None:
     dist.init_process_group("gloo", init_method=f"file://{init_file}", rank=rank, world_size=WORLD)
     torch.set_num_threads(1)
-    torch.manual_seed(0)
-    probe = OnlineLinearProbe(4, 3)
+    probe = make_probe(kind)
     metrics = [{k: float(v) for k, v in probe.update(x, y).items()} for x, y in probe_batches(rank)]
     torch.save((probe.state_dict(), metrics), Path(out_dir) / f"probe{rank}.pt")
     dist.destroy_process_group()
 
 
-def test_online_probe_learns_from_every_rank_and_stays_identical() -> None:
+@pytest.mark.parametrize("kind", ["linear", "projector_layers"])
+def test_online_probe_learns_from_every_rank_and_stays_identical(kind: str) -> None:
     """Under W processes the online probe learned from 1/W of the labelled stream and each rank drifted its own
     way; now every rank steps on the gathered labelled samples: identical weights and metrics on all ranks,
-    equal to one process stepping on the concatenated batches."""
-    from auxssl.eval.linear import OnlineLinearProbe
-
+    equal to one process stepping on the concatenated batches (the per-layer projector probes too)."""
     with tempfile.TemporaryDirectory() as tmp:
-        mp.spawn(probe_worker, args=(str(Path(tmp) / "init"), tmp), nprocs=WORLD, join=True)
+        mp.spawn(probe_worker, args=(str(Path(tmp) / "init"), tmp, kind), nprocs=WORLD, join=True)
         (state0, metrics0), (state1, metrics1) = (torch.load(Path(tmp) / f"probe{r}.pt") for r in range(WORLD))
     assert all(torch.equal(state0[k], state1[k]) for k in state0) and metrics0 == metrics1
-    torch.manual_seed(0)
-    single = OnlineLinearProbe(4, 3)
+    single = make_probe(kind)
     for steps in zip(*(probe_batches(r) for r in range(WORLD))):
         x, y = torch.cat([s[0] for s in steps]), torch.cat([s[1] for s in steps])
         expected = single.update(x, y)
     assert metrics0[-1]["online_linear/labelled"] == expected["online_linear/labelled"]
+    assert metrics0[-1].keys() == expected.keys()
     for key, value in single.state_dict().items():
         torch.testing.assert_close(state0[key], value)
 
