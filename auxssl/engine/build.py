@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 import os
 import random
 from typing import NamedTuple
@@ -14,16 +15,21 @@ from auxssl.config import RunConfig
 from auxssl.data import build_loader, get_dataset, get_recipe, reveal_labels
 from auxssl.data.datasets import ImageDataset, ImageSubset
 from auxssl.data.loaders import MultiViewLoader, choose_backend, derive_seed
+from auxssl.engine.schedules import ema_schedule, warmup_cosine
 from auxssl.errors import InputError
 from auxssl.eval.evaluators import Evaluator, offline_evaluators
 from auxssl.eval.knn import KNNProtocol
 from auxssl.eval.linear import OnlineLinearProbe, ProbeConfig
 from auxssl.eval.projector import OnlineProjectorProbes
+from auxssl.eval.sharded import EvalGroup
 from auxssl.noise.control import NoiseControl
 from auxssl.plugins import method_class, task_class
 from auxssl.wrapper import AuxWrapper
 from baselines import build_backbone
 from baselines.backbones import feature_dim
+from baselines.checkpointing import enable_activation_checkpointing
+
+logger = logging.getLogger("auxssl")
 
 #: Seed of the fixed random subsets (``data.train_subset``, ``eval.test_subset``): the same for every run.
 SUBSET_SEED = 0
@@ -105,7 +111,18 @@ def check_disjoint(bank: ImageDataset, test: ImageDataset) -> None:
 
 
 def build_model(config: RunConfig) -> nn.Module:
-    """The base method on its backbone, wrapped with the configured auxiliary tasks (if any)."""
+    """The base method on its backbone, wrapped with the configured auxiliary tasks (if any); the backbone's stages
+    checkpointed with ``train.activation_checkpointing``."""
+    model = _method_with_tasks(config)
+    if config.train.activation_checkpointing:
+        try:
+            enable_activation_checkpointing(model.backbone)
+        except ValueError as err:
+            raise InputError(f"train.activation_checkpointing: {err}") from None
+    return model
+
+
+def _method_with_tasks(config: RunConfig) -> nn.Module:
     try:
         backbone = build_backbone(config.model.backbone, cifar_stem=config.model.cifar_stem, width=config.model.width,
                                   options=config.model.backbone_args)
@@ -171,12 +188,17 @@ def build_train_loader(
         train = ImageSubset(train, shard)
         labels = None if labels is None else labels[shard]
     local_batch = data.batch_size // world_size
-    return build_loader(
+    loader = build_loader(
         resolve_backend(config, train, device), train, recipe, local_batch, labels=labels, device=device,
         seed=process_seed(config.train.seed, rank, world_size), num_workers=data.num_workers,
         order=None if noise is None else noise.order(np.asarray(train.labels), local_batch),
         good_crops=None if noise is None else noise.good_crops(),
     )
+    if len(loader) == 0:
+        readable = len(train) - getattr(loader, "skipped", 0)
+        where = "" if world_size == 1 else f" of this process ({world_size} processes)"
+        raise InputError(f"data.batch_size={data.batch_size} exceeds the {readable} readable training images{where}")
+    return loader
 
 
 def seed_everything(seed: int, deterministic: bool) -> None:
@@ -193,6 +215,14 @@ def seed_everything(seed: int, deterministic: bool) -> None:
 def base_projector(model: nn.Module) -> nn.Module | None:
     """The base method's online projector (the per-layer probes'), None when it has none."""
     return getattr(getattr(model, "base", model), "projector", None)
+
+
+def warn_if_knn_bank_too_small(config: RunConfig, bank_size: int) -> None:
+    """Say once, before training, when the kNN's k is not below the bank's size (every bank image would vote on
+    every query)."""
+    if config.eval.knn_k >= bank_size:
+        logger.warning("eval.knn_k=%d is not below the %d images of the kNN bank: every bank image votes on every "
+                       "query, which measures little (lower eval.knn_k)", config.eval.knn_k, bank_size)
 
 
 def build_evaluators(config: RunConfig, model: nn.Module) -> list[Evaluator]:
@@ -236,3 +266,26 @@ def build_online_probes(config: RunConfig, model: nn.Module, train_set: ImageDat
                              "nn.Sequential projector")
         layers = OnlineProjectorProbes(projector, num_classes).to(device)
     return OnlineProbes(linear, layers)
+
+
+def build_schedules(config: RunConfig, model: nn.Module, base_lr: float,
+                    steps_per_epoch: int) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """The per-step learning rate (linear warm-up, cosine to ``optim.min_lr_ratio``) and, for a method with a
+    momentum encoder (``base_tau``), the per-step EMA τ (cosine from ``base_tau`` to ``final_tau``)."""
+    total = config.train.epochs * steps_per_epoch
+    lr = warmup_cosine(base_lr, total, round(config.optim.warmup_epochs * steps_per_epoch),
+                       base_lr * config.optim.min_lr_ratio)
+    base_tau = getattr(model, "base_tau", None)
+    tau = None if base_tau is None else ema_schedule(base_tau, total, getattr(model, "final_tau", 1.0))
+    return lr, tau
+
+
+def decode_eval_images(config: RunConfig, bank: ImageDataset, test: ImageDataset, image_size: int,
+                       device: torch.device, group: EvalGroup | None = None) -> tuple | None:
+    """The evaluation images decoded once (``to_uint8`` of the bank and the test split) when they fit
+    `memory_budget` — much faster than decoding at every evaluation; None to stream them (memory bounded by a
+    batch). Under torch.distributed each rank decodes and holds only its shards."""
+    sets = (bank, test) if group is None else (group.shard(bank), group.shard(test))
+    if sum(d.decoded_bytes(image_size) for d in sets) > memory_budget(config, device):
+        return None
+    return tuple(d.to_uint8(d.storage_size(image_size)) for d in sets)

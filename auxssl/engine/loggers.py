@@ -66,3 +66,14 @@ def build_sinks(settings: Any, run_dir: Path, name: str, config: dict[str, Any])
     if settings.wandb:
         sinks.append(WandbSink(run_dir, settings.wandb_project, settings.wandb_entity, name, config))
     return sinks
+
+
+def progress_bar(enabled: bool, total: int, initial: int, name: str) -> Any:
+    """A tqdm bar over the run's steps (from ``initial``), or None when disabled or tqdm is missing."""
+    if not enabled:
+        return None
+    try:
+        from tqdm.auto import tqdm
+    except ImportError:
+        return None
+    return tqdm(total=total, initial=initial, desc=name, unit="step", dynamic_ncols=True)

@@ -1,5 +1,6 @@
-"""Resuming safely (a run continues only under the configuration it was started with, unless told otherwise, and
-every process takes back its own state) and starting from given backbone weights."""
+"""A run's state out and back in: the full state (`full_state`) written atomically as a checkpoint
+(`write_checkpoint`), resuming safely (a run continues only under the configuration it was started with, unless
+told otherwise, and every process takes back its own state) and starting from given backbone weights."""
 
 from __future__ import annotations
 
@@ -7,10 +8,23 @@ import logging
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+import torch
+
 from auxssl.config import RunConfig, from_dict, load_config, to_dict
 from auxssl.data.loaders.base import derive_seed
 from auxssl.engine.build import process_seed, seed_everything
-from auxssl.engine.checkpoint import find_last_checkpoint, load_checkpoint, restore_process_state, set_rng_state
+from auxssl.engine.checkpoint import (
+    atomic_save,
+    checkpoint_path,
+    find_last_checkpoint,
+    load_checkpoint,
+    process_state,
+    prune_checkpoints,
+    restore_process_state,
+    rng_state,
+    set_rng_state,
+)
+from auxssl.engine.distributed import gather_to_main
 from auxssl.errors import InputError, UserError
 from auxssl.eval.tracker import TrainClock
 
@@ -64,6 +78,52 @@ def check_same_config(saved: dict[str, Any], requested: dict[str, Any], where: s
             differences,
         )
     return differences
+
+
+class NonFiniteLossError(UserError, RuntimeError):
+    """The loss became NaN or infinite; training stopped and the last good checkpoint was kept."""
+
+
+def write_checkpoint(trainer: Trainer) -> Path | None:
+    """Write the trainer's `full_state` atomically to its run directory (the path; None on ranks other than 0);
+    weights that are no longer finite are never checkpointed.
+
+    Every process calls it at the same step (it gathers each rank's `process_state` to rank 0, which writes one
+    file); the weights are identical on every rank, so every rank reaches the same verdict on them."""
+    finite = torch.stack([torch.isfinite(p).all() for p in trainer.model.parameters()]).all()
+    if not bool(finite):
+        raise NonFiniteLossError(
+            f"weights became non-finite at epoch {trainer.epoch}, step {trainer.step}; not checkpointed. "
+            f"Last good checkpoint: {find_last_checkpoint(trainer.run_dir) or 'none yet'}. Lower optim.lr.")
+    with trainer.clock.paused():  # checkpointing is not training time (nor is evaluation)
+        dist = trainer.dist
+        processes = gather_to_main(process_state(trainer.model, trainer.device), dist) if dist.enabled else None
+        if not dist.is_main:
+            return None
+        path = checkpoint_path(trainer.run_dir, trainer.step)
+        state = full_state(trainer)
+        if processes is not None:
+            state["processes"] = processes
+        atomic_save(state, path)
+        prune_checkpoints(trainer.run_dir)
+    return path
+
+
+def full_state(trainer: Trainer) -> dict[str, Any]:
+    """Everything a run needs to continue where it was (what `resume_run` restores): every module's weights, the
+    optimiser, the scaler, the online probes, the position in the run, the clock, the RNG states and the config."""
+    probes = trainer.online_probes
+    return {
+        "model": trainer.model.state_dict(),
+        "backbone": trainer.model.backbone.state_dict(),
+        "optimizer": trainer.optimizer.state_dict(),
+        "scaler": trainer.scaler.state_dict() if trainer.scaler else None,
+        "online_probe": probes.linear and probes.linear.checkpoint_state(),
+        "online_projector_probes": probes.projector_layers and probes.projector_layers.checkpoint_state(),
+        "step": trainer.step, "epoch": trainer.epoch, "batch_in_epoch": trainer.batch_in_epoch,
+        "images_seen": trainer.images_seen, "train_time_s": trainer.clock.elapsed,
+        "train_cpu_s": trainer.clock.cpu_elapsed, "rng": rng_state(trainer.device), "config": to_dict(trainer.config),
+    }
 
 
 def resume_run(trainer: Trainer, path: Path | None, allow_config_change: bool) -> bool:

@@ -8,7 +8,6 @@ Evaluations run with the training clock paused; checkpoints hold the full state 
 from __future__ import annotations
 
 import logging
-import warnings
 from pathlib import Path
 from typing import Any
 
@@ -23,35 +22,29 @@ from auxssl.engine.build import (
     build_evaluators,
     build_model,
     build_online_probes,
+    build_schedules,
     build_train_loader,
-    memory_budget,
+    decode_eval_images,
     process_seed,
     seed_everything,
+    warn_if_knn_bank_too_small,
 )
 from auxssl.engine.checkpoint import (
-    atomic_save,
-    checkpoint_path,
     find_last_checkpoint,
-    process_state,
-    prune_checkpoints,
     remove_partial_writes,
-    rng_state,
 )
 from auxssl.engine.distributed import (
     DistributedContext,
     convert_batchnorm,
-    gather_to_main,
     init_distributed,
     wrap_ddp,
 )
-from auxssl.engine.loggers import build_sinks
+from auxssl.engine.loggers import build_sinks, progress_bar
 from auxssl.engine.optim import build_optimizer
 from auxssl.engine.precision import channels_last_is_safe, resolve_device, resolve_precision
 from auxssl.engine.preemption import Preempted, PreemptionGuard
-from auxssl.engine.resume import initialise_backbone, resume_run
+from auxssl.engine.resume import NonFiniteLossError, full_state, initialise_backbone, resume_run, write_checkpoint
 from auxssl.engine.run_info import describe_run, record_skipped_images, skipped_images, why_no_evaluation
-from auxssl.engine.schedules import ema_schedule, warmup_cosine
-from auxssl.errors import InputError, UserError
 from auxssl.eval.offline import evaluate_backbone
 from auxssl.eval.sharded import EvalGroup
 from auxssl.eval.tracker import (
@@ -60,12 +53,12 @@ from auxssl.eval.tracker import (
     RunInfo,
     TrainClock,
     WindowMeans,
-    read_metrics,
+    last_evaluation,
+    warn_if_collapsed,
     write_run_info,
 )
 from auxssl.noise.control import NoiseControl
 from auxssl.wrapper import AuxWrapper
-from baselines.checkpointing import enable_activation_checkpointing
 from baselines.protocol import Batch
 
 logger = logging.getLogger("auxssl")
@@ -79,10 +72,6 @@ PREEMPTION_CHECK_EVERY = 10
 
 #: The key under which a step reports how many labelled samples its online-probe metrics are averaged over.
 PROBE_LABELLED = "online_linear/labelled"
-
-
-class NonFiniteLossError(UserError, RuntimeError):
-    """The loss became NaN or infinite; training stopped and the last good checkpoint was kept."""
 
 
 class Trainer:
@@ -119,11 +108,6 @@ class Trainer:
                                          self.noise)
 
         self.model = build_model(config)
-        if config.train.activation_checkpointing:
-            try:
-                enable_activation_checkpointing(self.model.backbone)
-            except ValueError as err:
-                raise InputError(f"train.activation_checkpointing: {err}") from None
         if self.dist.enabled:
             self.model = convert_batchnorm(self.model, self.device.type)
             # identical initial weights on every rank (seeded above); from here on each rank draws its own
@@ -143,18 +127,8 @@ class Trainer:
         self.optimizer = build_optimizer(self.model.param_groups(), optim.name, self.base_lr, optim.weight_decay,
                                          optim.momentum, optim.lars_eta, optim.betas, optim.lars_clip_lr)
         self.steps_per_epoch = len(self.loader)
-        if self.steps_per_epoch == 0:
-            readable = len(self.train_set) - getattr(self.loader, "skipped", 0)
-            where = "" if self.dist.world_size == 1 else f" of this process ({self.dist.world_size} processes)"
-            raise InputError(f"data.batch_size={config.data.batch_size} exceeds the {readable} readable training "
-                             f"images{where}")
         self.total_steps = config.train.epochs * self.steps_per_epoch
-        warmup_steps = round(optim.warmup_epochs * self.steps_per_epoch)
-        self.lr_schedule = warmup_cosine(self.base_lr, self.total_steps, warmup_steps,
-                                         self.base_lr * optim.min_lr_ratio)
-        base_tau = getattr(self.model, "base_tau", None)
-        final_tau = getattr(self.model, "final_tau", 1.0)
-        self.tau_schedule = ema_schedule(base_tau, self.total_steps, final_tau) if base_tau is not None else None
+        self.lr_schedule, self.tau_schedule = build_schedules(config, self.model, self.base_lr, self.steps_per_epoch)
         self.scaler = torch.amp.GradScaler(self.device.type) if self.precision.needs_scaler else None
 
         #: the offline evaluators (`auxssl.eval.evaluators`): run.json and the report derive from this list
@@ -192,6 +166,8 @@ class Trainer:
             (self.run_dir / PREEMPTED).unlink(missing_ok=True)  # continued now
             self._record_skipped_images()
             remove_partial_writes(self.run_dir)
+            if self.evaluation_enabled:
+                warn_if_knn_bank_too_small(config, len(self.bank_set))
             # a resumed run keeps the records it was started with, unless its settings were explicitly changed
             if not (resume and (self.run_dir / RUN_INFO).exists()) or self._config_changed:
                 save_config(config, self.run_dir / "config.yaml")
@@ -212,41 +188,11 @@ class Trainer:
         return describe_run(self)
 
     def state(self) -> dict[str, Any]:
-        return {
-            "model": self.model.state_dict(),
-            "backbone": self.model.backbone.state_dict(),
-            "optimizer": self.optimizer.state_dict(),
-            "scaler": self.scaler.state_dict() if self.scaler else None,
-            "online_probe": self.online_probe and self.online_probe.checkpoint_state(),
-            "online_projector_probes": self.online_probes.projector_layers
-            and self.online_probes.projector_layers.checkpoint_state(),
-            "step": self.step, "epoch": self.epoch, "batch_in_epoch": self.batch_in_epoch,
-            "images_seen": self.images_seen, "train_time_s": self.clock.elapsed,
-            "train_cpu_s": self.clock.cpu_elapsed, "rng": rng_state(self.device), "config": to_dict(self.config),
-        }
+        return full_state(self)
 
     def save_checkpoint(self) -> Path | None:
-        """Write the full state atomically; weights that are no longer finite are never checkpointed.
-
-        Every process calls it at the same step (it gathers each rank's `process_state` to rank 0, which writes
-        one file); the weights are identical on every rank, so every rank reaches the same verdict on them."""
-        finite = torch.stack([torch.isfinite(p).all() for p in self.model.parameters()]).all()
-        if not bool(finite):
-            raise NonFiniteLossError(
-                f"weights became non-finite at epoch {self.epoch}, step {self.step}; not checkpointed. "
-                f"Last good checkpoint: {find_last_checkpoint(self.run_dir) or 'none yet'}. Lower optim.lr."
-            )
-        with self.clock.paused():  # checkpointing is not training time (nor is evaluation)
-            processes = gather_to_main(process_state(self.model, self.device), self.dist) if self.dist.enabled else None
-            if not self.dist.is_main:
-                return None
-            path = checkpoint_path(self.run_dir, self.step)
-            state = self.state()
-            if processes is not None:
-                state["processes"] = processes
-            atomic_save(state, path)
-            prune_checkpoints(self.run_dir)
-        return path
+        """Write the full state atomically (`write_checkpoint`; every process calls it at the same step)."""
+        return write_checkpoint(self)
 
     # ------------------------------------------------------------------------------------------------ loop
     def train_step(self, batch: Batch) -> dict[str, Tensor]:
@@ -302,16 +248,10 @@ class Trainer:
                                      group=self.eval_group, num_workers=self.config.data.num_workers)
 
     def _decoded_eval_images(self) -> tuple | None:
-        """The evaluation images decoded once per run when they fit `memory_budget` (much faster than decoding at
-        every evaluation); None to stream them (memory bounded by a batch). Under torch.distributed each rank
-        decodes and holds only its shards."""
+        """The evaluation images decoded once per run when they fit (`decode_eval_images`), else None."""
         if self._eval_images is None:
-            sets = (self.bank_set, self.test_set)
-            if self.eval_group is not None:
-                sets = tuple(self.eval_group.shard(d) for d in sets)
-            if sum(d.decoded_bytes(self.eval_image_size) for d in sets) > memory_budget(self.config, self.device):
-                return None
-            self._eval_images = tuple(d.to_uint8(d.storage_size(self.eval_image_size)) for d in sets)
+            self._eval_images = decode_eval_images(self.config, self.bank_set, self.test_set, self.eval_image_size,
+                                                   self.device, self.eval_group)
         return self._eval_images
 
     def _log(self, kind: str, metrics: dict[str, float]) -> None:
@@ -337,7 +277,8 @@ class Trainer:
                 sink.close()
             return self.final_evaluation()
         guard = PreemptionGuard(self.dist.enabled, self.device)
-        progress = self._progress()
+        progress = progress_bar(self.config.train.progress and self.dist.is_main, self.total_steps, self.step,
+                                self.config.name)
         final: dict[str, float] = {}
         window = WindowMeans()
         if self.step == 0 and self.evaluation_enabled and self.config.eval.at_start:
@@ -368,7 +309,7 @@ class Trainer:
                             metrics = window.means()
                             metrics["images_per_s"] = (self.images_seen - images_at_log) / max(now - last_log, 1e-9)
                             self._log("train", metrics)
-                            self._watch_collapse(metrics)
+                            warn_if_collapsed(metrics, self.config.train.collapse_threshold, self.epoch, self.step)
                             if progress is not None:
                                 progress.set_postfix(loss=f"{metrics['loss']:.3f}",
                                                      img_s=f"{metrics['images_per_s']:.0f}")
@@ -408,11 +349,7 @@ class Trainer:
 
     def final_evaluation(self) -> dict[str, float]:
         """The metrics of the run's last evaluation record (empty when it has none)."""
-        records = read_metrics(self.run_dir, "eval")
-        if not records:
-            return {}
-        bookkeeping = {"kind", "epoch", "step", "images_seen", "train_time_s", "train_cpu_s"}
-        return {k: v for k, v in records[-1].items() if k not in bookkeeping}
+        return last_evaluation(self.run_dir)
 
     def _evaluates_after(self, epoch: int) -> bool:
         """Whether an evaluation follows ``epoch``: every ``eval.every_epochs`` epochs and after the last one;
@@ -420,22 +357,6 @@ class Trainer:
         every = self.config.eval.every_epochs
         return self.evaluation_enabled and (epoch % every == 0 or epoch == self.config.train.epochs)
 
-    def _watch_collapse(self, metrics: dict[str, float]) -> None:
-        value = metrics.get("stat/z_std")
-        if value is not None and value < self.config.train.collapse_threshold:
-            message = (f"possible representation collapse at epoch {self.epoch}, step {self.step}: normalised "
-                       f"embedding std {value:.3f} (1 ≈ healthy, 0 = collapsed)")
-            warnings.warn(message, stacklevel=2)
-            logger.warning(message)
-
-    def _progress(self) -> Any:
-        if not (self.config.train.progress and self.dist.is_main):
-            return None
-        try:
-            from tqdm.auto import tqdm
-        except ImportError:
-            return None
-        return tqdm(total=self.total_steps, initial=self.step, desc=self.config.name, unit="step", dynamic_ncols=True)
 
 
 def train(config: RunConfig, resume: bool | str | Path = False, init: str | Path | None = None,

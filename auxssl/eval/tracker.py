@@ -10,9 +10,11 @@ Every record carries ``kind`` (``"train"`` or ``"eval"``), ``epoch``, ``step``, 
 from __future__ import annotations
 
 import json
+import logging
 import math
 import os
 import time
+import warnings
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import asdict, dataclass, field
@@ -221,3 +223,23 @@ class TrainClock:
         finally:
             if was_running:
                 self.start()
+
+
+#: The bookkeeping fields of every metrics record (not metrics).
+BOOKKEEPING = ("kind", "epoch", "step", "images_seen", "train_time_s", "train_cpu_s")
+
+
+def last_evaluation(run_dir: str | Path) -> dict[str, float]:
+    """The metrics of a run's last evaluation record (empty when it has none)."""
+    records = read_metrics(run_dir, "eval")
+    return {k: v for k, v in records[-1].items() if k not in BOOKKEEPING} if records else {}
+
+
+def warn_if_collapsed(metrics: dict[str, float], threshold: float, epoch: int, step: int) -> None:
+    """Warn (and log) when the normalised embedding std (``stat/z_std``) falls below ``threshold``."""
+    value = metrics.get("stat/z_std")
+    if value is not None and value < threshold:
+        message = (f"possible representation collapse at epoch {epoch}, step {step}: normalised embedding std "
+                   f"{value:.3f} (1 ≈ healthy, 0 = collapsed)")
+        warnings.warn(message, stacklevel=3)
+        logging.getLogger("auxssl").warning(message)

@@ -314,15 +314,15 @@ def test_evaluation_runs_at_the_training_resolution_and_is_recorded(tmp_path: Pa
 
 def test_checkpoint_writing_is_not_training_time(tmp_path: Path, monkeypatch) -> None:
     """A deliberately slow checkpoint writer must not show in train_time_s (it added 40% before)."""
-    import auxssl.engine.trainer as trainer_module
+    import auxssl.engine.resume as resume_module
 
-    real_save = trainer_module.atomic_save
+    real_save = resume_module.atomic_save
 
     def slow_save(state, path):  # noqa: ANN001
         time.sleep(0.5)
         real_save(state, path)
 
-    monkeypatch.setattr(trainer_module, "atomic_save", slow_save)
+    monkeypatch.setattr(resume_module, "atomic_save", slow_save)
     config = load_config(None, tiny(tmp_path, "slow", "train.checkpoint_every_steps=1", "train.epochs=1",
                                     "eval.every_epochs=5"))
     started = time.perf_counter()

@@ -171,3 +171,23 @@ def test_online_projector_probes_need_labels_and_a_projector(tmp_path: Path) -> 
     with pytest.raises(UserError, match="model.method=none"):
         load_config(None, tiny(tmp_path, "b", "eval.online_projector_probes=true", "model.method=none",
                                "data.reveal_labels=0.5"))
+
+
+def test_a_knn_k_not_below_the_bank_is_said_before_training(tmp_path: Path) -> None:
+    import logging
+
+    from auxssl.engine.build import warn_if_knn_bank_too_small
+
+    config = load_config(None, tiny(tmp_path, "k", "eval.knn_k=64"))
+    records: list[logging.LogRecord] = []
+    handler = logging.Handler(logging.WARNING)
+    handler.emit = records.append  # the CLI's console handler may stop propagation: listen on the logger itself
+    logger = logging.getLogger("auxssl")
+    logger.addHandler(handler)
+    try:
+        warn_if_knn_bank_too_small(config, 65)
+        assert not records
+        warn_if_knn_bank_too_small(config, 64)
+    finally:
+        logger.removeHandler(handler)
+    assert "eval.knn_k=64 is not below the 64 images of the kNN bank" in records[0].getMessage()
