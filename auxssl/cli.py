@@ -127,9 +127,15 @@ def _train(args: argparse.Namespace) -> int:
     if args.print_config:
         print(config_text(config), end="")
         return 0
+    from auxssl.engine.distributed import shutdown_distributed
     from auxssl.engine.trainer import train
 
-    final = train(config, resume=args.resume, init=args.init, allow_config_change=args.allow_config_change)
+    completed = False
+    try:
+        final = train(config, resume=args.resume, init=args.init, allow_config_change=args.allow_config_change)
+        completed = True
+    finally:  # under torchrun: leave the process group cleanly, whatever ended the run
+        shutdown_distributed(completed)
     print(json.dumps({"run_dir": str(config.run_dir), **final}))
     return 0
 

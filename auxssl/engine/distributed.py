@@ -54,6 +54,18 @@ def init_distributed(device_type: str) -> DistributedContext:
     return DistributedContext(dist.get_rank(), dist.get_world_size(), local_rank)
 
 
+def shutdown_distributed(completed: bool) -> None:
+    """Leave the process group (every group auxssl created with it) before the interpreter exits: a gloo group
+    still alive at exit can abort its process ("terminate called without an active exception", seen under load).
+    ``completed``: every rank finished normally, so they first wait for each other (a rank that stopped early is
+    not waited for)."""
+    if not dist.is_initialized():
+        return
+    if completed:
+        dist.barrier()
+    dist.destroy_process_group()
+
+
 def gather_to_main(obj: object, context: DistributedContext) -> list | None:
     """Every process's ``obj`` (small, picklable), in rank order, on rank 0; None on the other ranks (and
     ``[obj]`` in a single process). Only rank 0 receives them, so memory elsewhere does not grow with the world."""
