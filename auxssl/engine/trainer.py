@@ -206,11 +206,11 @@ class Trainer:
             out = self.forward(batch)
         loss = out["loss"]
         if not torch.isfinite(loss):
-            terms = {k: round(float(v), 4) for k, v in out.items()}
+            terms = {k: round(float(v.detach() if isinstance(v, Tensor) else v), 4) for k, v in out.items()}
             last = find_last_checkpoint(self.run_dir)
             raise NonFiniteLossError(
-                f"loss is {float(loss)} at epoch {self.epoch}, step {self.step} (terms {terms}); training stopped "
-                f"before the update. Last good checkpoint: {last or 'none yet'}. Lower optim.lr or use fp32."
+                f"loss is {float(loss.detach())} at epoch {self.epoch}, step {self.step} (terms {terms}); training "
+                f"stopped before the update. Last good checkpoint: {last or 'none yet'}. Lower optim.lr or use fp32."
             )
         self.optimizer.zero_grad(set_to_none=True)
         if self.scaler is not None:
