@@ -23,29 +23,47 @@ PROJECTOR_PROTOCOL = ("linear probe on the backbone features (layer 0) and on ea
                       "every hidden block's ReLU, and the projector output), projector in eval mode; ")
 
 
-def projector_layers(projector: nn.Sequential) -> list[nn.Sequential]:
-    """The prefixes of ``projector`` that end at each layer: after every ReLU, and the whole projector."""
+def layer_ends(projector: nn.Sequential) -> list[int]:
+    """How many of ``projector``'s children each layer takes: a layer ends after every child that is or ends in a
+    ReLU (``Linear → BN → ReLU`` laid out flat, or grouped in one block per layer as FFCV-SSL builds its
+    projector), and at the projector's end."""
     if not isinstance(projector, nn.Sequential):
         raise InputError(f"per-layer probes need an nn.Sequential projector, got {type(projector).__name__}")
     modules = list(projector)
-    ends = [i + 1 for i, m in enumerate(modules) if isinstance(m, nn.ReLU)]
+
+    def ends_in_relu(module: nn.Module) -> bool:
+        return isinstance(module, nn.ReLU) or (isinstance(module, nn.Sequential) and len(module) > 0
+                                               and ends_in_relu(module[-1]))
+
+    ends = [i + 1 for i, m in enumerate(modules) if ends_in_relu(m)]
     if not ends or ends[-1] != len(modules):
         ends.append(len(modules))
-    return [nn.Sequential(*modules[:end]) for end in ends]
+    return ends
+
+
+def projector_layers(projector: nn.Sequential) -> list[nn.Sequential]:
+    """The prefixes of ``projector`` that end at each layer (`layer_ends`)."""
+    modules = list(projector)
+    return [nn.Sequential(*modules[:end]) for end in layer_ends(projector)]
 
 
 @torch.no_grad()
 def layer_features(projector: nn.Sequential, features: Tensor, batch: int = 4096) -> list[Tensor]:
     """``[features, projector layer 1, …, projector output]`` of backbone ``features``, the projector in eval mode
-    (running batch-norm statistics, as at evaluation)."""
+    (running batch-norm statistics, as at evaluation); one pass through the projector, in chunks of ``batch``."""
+    ends = set(layer_ends(projector))
     was_training = projector.training
     projector.eval()
     try:
-        outputs = [features]
-        for prefix in projector_layers(projector):
-            outputs.append(torch.cat([prefix(part) for part in features.split(batch)]) if len(features)
-                           else prefix(features))
-        return outputs
+        parts: list[list[Tensor]] = []
+        for chunk in features.split(batch) if len(features) else [features]:
+            outputs = [chunk]
+            for i, module in enumerate(projector, start=1):
+                chunk = module(chunk)
+                if i in ends:
+                    outputs.append(chunk)
+            parts.append(outputs)
+        return [torch.cat(layer) for layer in zip(*parts)]
     finally:
         projector.train(was_training)
 
@@ -68,7 +86,7 @@ def layer_widths(projector: nn.Sequential) -> list[int]:
     """The output width of each projector layer (`projector_layers`): its last linear layer's."""
     widths = []
     for prefix in projector_layers(projector):
-        linears = [m for m in prefix if isinstance(m, nn.Linear)]
+        linears = [m for m in prefix.modules() if isinstance(m, nn.Linear)]
         if not linears:
             raise InputError("per-layer probes need a projector made of nn.Linear layers")
         widths.append(linears[-1].out_features)
@@ -76,11 +94,14 @@ def layer_widths(projector: nn.Sequential) -> list[int]:
 
 
 class OnlineProjectorProbes(nn.Module):
-    """Online linear probes on every projector layer (FFCV-SSL's online per-layer probes): at each training step,
-    one `OnlineLinearProbe` per layer learns from that layer's output on the detached online features of the
-    first view, the projector in eval mode (running statistics, no gradient, its batch-norm statistics left
-    untouched), like the offline `projector_probes`. Layer 0, the backbone, is the run's ``online_linear`` probe;
-    metrics ``online_linear/layer<i>/top1`` and ``…/loss`` for layers 1…L.
+    """Online linear probes on every projector layer: at each training step, one `OnlineLinearProbe` per layer
+    learns from that layer's output on the detached online features of the first view. The layers are the ones
+    FFCV-SSL probes online (its ``LinearsProbes``: after every projector block and at the output, from the
+    detached representation); unlike FFCV-SSL, which re-runs the projector in train mode (batch statistics, and a
+    second update of the running statistics per step), the projector runs here in eval mode (running statistics,
+    no gradient, batch-norm statistics untouched, so training is the same with or without the probes), like the
+    offline `projector_probes`. Layer 0, the backbone, is the run's ``online_linear`` probe; metrics
+    ``online_linear/layer<i>/top1`` and ``…/loss`` for layers 1…L.
 
     The projector is borrowed, not owned: it is not part of this module's parameters or state dict."""
 

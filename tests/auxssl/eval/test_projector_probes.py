@@ -29,6 +29,29 @@ def test_layers_end_after_each_hidden_activation_and_at_the_output() -> None:
     assert [tuple(o.shape) for o in outputs] == [(10, 8), (10, 16), (10, 16), (10, 4)]
 
 
+def test_a_projector_built_of_blocks_is_probed_after_each_block_as_ffcv_ssl_does() -> None:
+    """FFCV-SSL builds its projector as one ``Sequential(Linear, BN, ReLU)`` block per hidden layer and a final
+    Linear, and probes the representation and every block's output (``LinearsProbes``); a user's method laid out
+    that way gets the same layers as the flat layout, in one pass."""
+    torch.manual_seed(0)
+    hidden = [nn.Sequential(nn.Linear(i, o), nn.BatchNorm1d(o), nn.ReLU()) for i, o in ((8, 16), (16, 12))]
+    blocks = nn.Sequential(*hidden, nn.Linear(12, 4))
+    x = torch.randn(10, 8)
+    blocks.eval()
+    expected, y = [x], x
+    for block in blocks:  # FFCV-SSL's rule: the output of every top-level block
+        y = block(y)
+        expected.append(y)
+    blocks.train()
+    got = layer_features(blocks, x, batch=3)  # chunks of 3: concatenated back in order
+    assert len(got) == 4
+    for g, e in zip(got, expected):
+        torch.testing.assert_close(g, e)
+    from auxssl.eval.projector import OnlineProjectorProbes
+
+    assert [p.head[1].in_features for p in OnlineProjectorProbes(blocks, 3).probes] == [16, 12, 4]
+
+
 def test_layer_features_use_running_statistics_and_leave_them_and_the_mode_alone() -> None:
     torch.manual_seed(0)
     projector = mlp([8, 16, 4]).train()
