@@ -5,7 +5,7 @@ from __future__ import annotations
 import logging
 import os
 import random
-from typing import NamedTuple
+from typing import Any, NamedTuple
 
 import numpy as np
 import torch
@@ -212,11 +212,6 @@ def seed_everything(seed: int, deterministic: bool) -> None:
     torch.backends.cudnn.benchmark = not deterministic
 
 
-def base_projector(model: nn.Module) -> nn.Module | None:
-    """The base method's online projector (the per-layer probes'), None when it has none."""
-    return getattr(getattr(model, "base", model), "projector", None)
-
-
 def warn_if_knn_bank_too_small(config: RunConfig, bank_size: int) -> None:
     """Say once, before training, when the kNN's k is not below the bank's size (every bank image would vote on
     every query)."""
@@ -225,15 +220,23 @@ def warn_if_knn_bank_too_small(config: RunConfig, bank_size: int) -> None:
                        "query, which measures little (lower eval.knn_k)", config.eval.knn_k, bank_size)
 
 
+def probed_projector(config: RunConfig, model: nn.Module, key: str) -> nn.Module | None:
+    """The base method's projector when ``eval.<key>`` asks for per-layer probes (None when it does not); a method
+    without one is refused naming the setting (`projector_layers` refuses one that is not an nn.Sequential)."""
+    if not getattr(config.eval, key):
+        return None
+    projector = getattr(getattr(model, "base", model), "projector", None)
+    if projector is None:
+        raise InputError(f"eval.{key}: model.method={config.model.method} has no projector")
+    return projector
+
+
 def build_evaluators(config: RunConfig, model: nn.Module) -> list[Evaluator]:
     """The run's offline evaluators: the kNN at every evaluation; at the final one the linear probe
     (``eval.linear``) and the per-layer projector probes (``eval.projector_probes``)."""
-    projector = base_projector(model)
-    if config.eval.projector_probes and projector is None:
-        raise InputError(f"eval.projector_probes: model.method={config.model.method} has no projector")
     return offline_evaluators(KNNProtocol(config.eval.knn_k, config.eval.knn_temperature),
                               linear=ProbeConfig() if config.eval.linear else None,
-                              projector=projector if config.eval.projector_probes else None)
+                              projector=probed_projector(config, model, "projector_probes"))
 
 
 class OnlineProbes(NamedTuple):
@@ -242,8 +245,22 @@ class OnlineProbes(NamedTuple):
     linear: OnlineLinearProbe | None
     projector_layers: OnlineProjectorProbes | None
 
+    #: each probe's key in a training checkpoint (``online_probe``: the name checkpoints have always used)
+    CHECKPOINT_KEYS = {"linear": "online_probe", "projector_layers": "online_projector_probes"}
+
     def active(self) -> list[OnlineLinearProbe | OnlineProjectorProbes]:
         return [p for p in self if p is not None]
+
+    def checkpoint_state(self) -> dict[str, Any]:
+        return {key: None if (probe := getattr(self, field)) is None else probe.checkpoint_state()
+                for field, key in self.CHECKPOINT_KEYS.items()}
+
+    def load_checkpoint_state(self, state: dict[str, Any]) -> None:
+        """Restore the probes a checkpoint holds (a checkpoint written without one leaves it as initialised)."""
+        for field, key in self.CHECKPOINT_KEYS.items():
+            probe = getattr(self, field)
+            if probe is not None and state.get(key) is not None:
+                probe.load_checkpoint_state(state[key])
 
 
 def build_online_probes(config: RunConfig, model: nn.Module, train_set: ImageDataset,
@@ -259,11 +276,7 @@ def build_online_probes(config: RunConfig, model: nn.Module, train_set: ImageDat
     linear = layers = None
     if config.eval.online_linear:
         linear = OnlineLinearProbe(feature_dim(model.backbone), num_classes).to(device)
-    if config.eval.online_projector_probes:
-        projector = base_projector(model)
-        if not isinstance(projector, nn.Sequential):
-            raise InputError(f"eval.online_projector_probes: model.method={config.model.method} has no "
-                             "nn.Sequential projector")
+    if (projector := probed_projector(config, model, "online_projector_probes")) is not None:
         layers = OnlineProjectorProbes(projector, num_classes).to(device)
     return OnlineProbes(linear, layers)
 

@@ -112,14 +112,12 @@ def write_checkpoint(trainer: Trainer) -> Path | None:
 def full_state(trainer: Trainer) -> dict[str, Any]:
     """Everything a run needs to continue where it was (what `resume_run` restores): every module's weights, the
     optimiser, the scaler, the online probes, the position in the run, the clock, the RNG states and the config."""
-    probes = trainer.online_probes
     return {
         "model": trainer.model.state_dict(),
         "backbone": trainer.model.backbone.state_dict(),
         "optimizer": trainer.optimizer.state_dict(),
         "scaler": trainer.scaler.state_dict() if trainer.scaler else None,
-        "online_probe": probes.linear and probes.linear.checkpoint_state(),
-        "online_projector_probes": probes.projector_layers and probes.projector_layers.checkpoint_state(),
+        **trainer.online_probes.checkpoint_state(),
         "step": trainer.step, "epoch": trainer.epoch, "batch_in_epoch": trainer.batch_in_epoch,
         "images_seen": trainer.images_seen, "train_time_s": trainer.clock.elapsed,
         "train_cpu_s": trainer.clock.cpu_elapsed, "rng": rng_state(trainer.device), "config": to_dict(trainer.config),
@@ -150,10 +148,7 @@ def resume_run(trainer: Trainer, path: Path | None, allow_config_change: bool) -
     trainer.optimizer.load_state_dict(state["optimizer"])
     if trainer.scaler is not None and state["scaler"] is not None:
         trainer.scaler.load_state_dict(state["scaler"])
-    for probe, key in ((trainer.online_probe, "online_probe"),
-                       (trainer.online_probes.projector_layers, "online_projector_probes")):
-        if probe is not None and state.get(key) is not None:
-            probe.load_checkpoint_state(state[key])
+    trainer.online_probes.load_checkpoint_state(state)
     trainer.step, trainer.epoch, trainer.batch_in_epoch = state["step"], state["epoch"], state["batch_in_epoch"]
     trainer.images_seen = state["images_seen"]
     trainer.clock = TrainClock(state["train_time_s"], state.get("train_cpu_s", 0.0))

@@ -45,6 +45,7 @@ from auxssl.engine.precision import channels_last_is_safe, resolve_device, resol
 from auxssl.engine.preemption import Preempted, PreemptionGuard
 from auxssl.engine.resume import NonFiniteLossError, full_state, initialise_backbone, resume_run, write_checkpoint
 from auxssl.engine.run_info import describe_run, record_skipped_images, skipped_images, why_no_evaluation
+from auxssl.eval.linear import OnlineLinearProbe
 from auxssl.eval.offline import evaluate_backbone
 from auxssl.eval.sharded import EvalGroup
 from auxssl.eval.tracker import (
@@ -141,7 +142,6 @@ class Trainer:
         self.evaluation_enabled = self.no_evaluation is None
         #: probes trained at every step on the base method's online features (`OnlineProbes`)
         self.online_probes = build_online_probes(config, self.model, self.train_set, self.device)
-        self.online_probe = self.online_probes.linear
         if self.online_probes.active():  # the wrapper's recorder, or one on a method without tasks
             self.features = self.model if isinstance(self.model, AuxWrapper) else OnlineFeatureRecorder(self.model)
 
@@ -187,6 +187,11 @@ class Trainer:
         """The run's identity, every setting that changes its evaluations, and its training budget."""
         return describe_run(self)
 
+    @property
+    def online_probe(self) -> OnlineLinearProbe | None:
+        """The online linear probe on the backbone features (``eval.online_linear``)."""
+        return self.online_probes.linear
+
     def state(self) -> dict[str, Any]:
         return full_state(self)
 
@@ -230,9 +235,8 @@ class Trainer:
             self.model.momentum_update(float(self.tau_schedule[self.step]))
         if self.online_probes.active() and batch.label is not None and self.features.online_features:
             # the base method's online features of the first view (`OnlineFeatureRecorder`); incl. PROBE_LABELLED
-            for probe in (self.online_probe, self.online_probes.projector_layers):
-                if probe is not None:
-                    out.update(probe.update(self.features.online_features[0], batch.label))
+            for probe in self.online_probes.active():
+                out.update(probe.update(self.features.online_features[0], batch.label))
         out.update(noise)
         out["lr"] = lr
         return out
@@ -361,6 +365,8 @@ class Trainer:
 
 def train(config: RunConfig, resume: bool | str | Path = False, init: str | Path | None = None,
           allow_config_change: bool = False) -> dict[str, float]:
-    """Train one run (see `Trainer` for the arguments); returns the final evaluation metrics."""
+    """Train one run (see `Trainer` for the arguments); returns the final evaluation metrics. Under torchrun the
+    process group stays open for the caller, who leaves it (`auxssl.engine.distributed.shutdown_distributed`, as
+    the CLI does)."""
     return Trainer(config, resume=resume, init=init, allow_config_change=allow_config_change).fit()
 
