@@ -15,6 +15,7 @@
 #   simsiam_rotation    SimSiam + rotation prediction
 #   swav                SwAV (queue of 3840 from epoch 4, prototypes frozen for the first epoch; see SWAV_ARGS)
 #   swav_rotation       SwAV + rotation prediction (the same SwAV settings)
+#   byol_rotation_lamL  BYOL + rotation with lambda L instead of 0.1 (L = 0.03, 0.3, 1; issue 20 item 5)
 #   ARM@E               ARM trained with its own E-epoch cosine schedule (warm-up E/24 epochs, the same fraction as
 #                       the 24-epoch runs), e.g. byol@8 byol_rotation@12 byol@40; runs are named ARM-eE-sSEED
 # Knobs: ARMS; SEEDS (default "0 1 2" for the BYOL pair, "0 1" for the other arms); PARALLEL (runs at a time,
@@ -52,6 +53,8 @@ arm_sets() {  # one override per line
     simsiam_rotation) printf '%s\n' "model.method=simsiam" "tasks=[{name: rotation}]" ;;
     swav) printf '%s\n' "model.method=swav" "model.method_args=${SWAV_ARGS}" "tasks=[]" ;;
     swav_rotation) printf '%s\n' "model.method=swav" "model.method_args=${SWAV_ARGS}" "tasks=[{name: rotation}]" ;;
+    byol_rotation_lam0.03|byol_rotation_lam0.3|byol_rotation_lam1)
+      printf '%s\n' "model.method=byol" "tasks=[{name: rotation, weight: ${1#byol_rotation_lam}}]" ;;
     *) echo "unknown arm $1" >&2; exit 2 ;;
   esac
 }
