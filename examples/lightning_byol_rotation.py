@@ -93,6 +93,7 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--no-rotation", action="store_true")
     parser.add_argument("--knn-every", type=int, default=2)
+    parser.add_argument("--devices", type=int, default=1, help="processes (under torchrun: its --nproc_per_node)")
     args = parser.parse_args(argv)
     pl.seed_everything(args.seed)
 
@@ -107,7 +108,7 @@ def main(argv: list[str] | None = None) -> None:
     recorder = RunRecorder(f"{args.output_dir}/{name}", method="lightly_byol", seed=args.seed, dataset=args.dataset,
                            tasks=[] if args.no_rotation else ["rotation"], log_every_n_steps=10,
                            budget={"batch_size": args.batch_size, "train_images": len(knn.train_set)})
-    trainer = pl.Trainer(max_epochs=args.epochs, accelerator="auto", devices=1, callbacks=[recorder, knn],
+    trainer = pl.Trainer(max_epochs=args.epochs, accelerator="auto", devices=args.devices, callbacks=[recorder, knn],
                          logger=False, enable_checkpointing=False, enable_progress_bar=False)
     trainer.fit(BYOLWithRotation(rotation=not args.no_rotation, max_epochs=args.epochs), loader)
 

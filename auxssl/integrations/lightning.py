@@ -213,7 +213,9 @@ class KNNMonitor(Callback):
             metrics = evaluate_backbone(backbone, self.bank, self.test, knn=self.protocol, device=pl_module.device,
                                         image_size=self.image_size, precision=self.precision, group=self._group,
                                         num_workers=self.num_workers)
-            pl_module.log_dict(metrics, sync_dist=False)
+            # every rank holds the same results (the sharded evaluation returns them to all); sync_dist averages
+            # identical values, so a checkpoint or early-stopping callback may monitor them under DDP
+            pl_module.log_dict(metrics, sync_dist=True)
             if recorder is not None:
                 precision = resolve_precision(self.precision, pl_module.device).name
                 data, text = self._describe(precision) if self._describe else self._own_description(precision)

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import importlib.util
 import json
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -64,6 +65,29 @@ def test_a_lightning_run_is_reported_next_to_an_engine_run(tmp_path: Path) -> No
     text = report.markdown.read_text()
     assert len(runs) == 3 and "| lightly_byol+rotation | lightly_byol |" in text
     assert json.loads((rotation / "run.json").read_text())["budget"]["steps_per_epoch"] == 2
+
+
+def test_a_lightning_run_under_torchrun_records_once_and_evaluates_like_one_process(tmp_path: Path) -> None:
+    """Two gloo processes (Lightning's DDP under torchrun): every rank evaluates its shard of the kNN, rank 0 alone
+    writes the run, and the random initialisation's kNN (seeded alike) equals the one-process run's."""
+    pytest.importorskip("lightly")
+    pytest.importorskip("lightning")
+    from auxssl.eval.tracker import read_metrics, read_run_info
+
+    args = ["--epochs", "1", "--batch-size", "16", "--train-subset", "64", "--test-subset", "64", "--knn-every", "1"]
+    example("lightning_byol_rotation").main(["--output-dir", str(tmp_path / "one"), *args])
+    run = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2",
+                          str(ROOT / "examples" / "lightning_byol_rotation.py"), "--devices", "2",
+                          "--output-dir", str(tmp_path / "ddp"), *args],
+                         capture_output=True, text=True, timeout=300, env={**os.environ, "OMP_NUM_THREADS": "1"},
+                         check=False)
+    assert run.returncode == 0, run.stderr[-3000:]
+    one, ddp = tmp_path / "one" / "lightly_byol+rotation-s0", tmp_path / "ddp" / "lightly_byol+rotation-s0"
+    evals = read_metrics(ddp, "eval")
+    assert [e["epoch"] for e in evals] == [0, 1]  # written once, by rank 0
+    assert evals[0]["knn/top1"] == read_metrics(one, "eval")[0]["knn/top1"]
+    assert read_run_info(ddp).budget["world_size"] == 2
+    assert evals[-1]["images_seen"] == 64 and evals[-1]["step"] == 2  # 2 steps of 2 × 16 images
 
 
 def test_the_recorder_resumes_where_its_checkpoint_left_it(tmp_path: Path) -> None:
