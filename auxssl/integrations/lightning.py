@@ -56,9 +56,10 @@ class RunRecorder(Callback):
     """Record a Lightning run as auxssl's engine records its runs (``run_dir/run.json``, ``metrics.jsonl``).
 
     Training records hold the means of every scalar the ``training_step`` returns (its ``"loss"`` and whatever
-    else its dict holds: ``loss/rotation``, ``acc/rotation``, …) over ``log_every_n_steps`` batches; evaluation
-    records come from `KNNMonitor`. ``method``, ``tasks`` and ``seed`` identify the variant (runs differing only
-    by seed are averaged by ``auxssl report``); ``budget`` is free-form (epochs, batch size, … as you state them).
+    else its dict holds: ``loss/rotation``, ``acc/rotation``, …) over ``log_every_n_steps`` batches (rank 0's
+    batches under DDP; ``images_seen`` counts every rank's); evaluation records come from `KNNMonitor`.
+    ``method``, ``tasks`` and ``seed`` identify the variant (runs differing only by seed are averaged by
+    ``auxssl report``); ``budget`` is free-form (epochs, batch size, … as you state them).
     Only global rank 0 writes. The recorder's position is saved in Lightning checkpoints and resumed.
     """
 
