@@ -1,0 +1,83 @@
+"""λ sensitivity of BYOL + rotation (issue 20, item 5) from the raw records: the final kNN top-1 per λ at one
+schedule, paired by seed with λ = 0.1 (the pre-specified headline) and with BYOL of the same schedule.
+
+    python experiments/lambda_report.py experiments/results/cifar10-cpu-lambda/runs \\
+        experiments/results/cifar10-cpu-schedules/runs --epochs 12
+
+The λ = 0.1 and BYOL runs are the schedule study's (the same budget and training path); the other λ are the arms
+``byol_rotation_lam<λ>`` of ``run_cifar10_cpu_study.sh``. Only finished runs count. Intervals: two-sided 95 %
+Student t over the seeds both sides share (none with one shared seed). Prints Markdown.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib.util
+import statistics
+from pathlib import Path
+
+HERE = Path(__file__).resolve().parent
+
+
+def _load(name: str):
+    spec = importlib.util.spec_from_file_location(name, HERE / f"{name}.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+rows = _load("schedules_table").rows
+paired = _load("schedules_report").paired
+
+
+def finals(runs: list[dict], arm: str, epochs: int) -> dict[int, float]:
+    return {r["seed"]: r["final"] for r in runs if r["arm"] == arm and r["epochs"] == epochs}
+
+
+def difference(a: dict[int, float], b: dict[int, float]) -> str:
+    shared = set(a) & set(b)
+    if not shared:
+        return "–"
+    if len(shared) == 1:
+        (seed,) = shared
+        return f"{a[seed] - b[seed]:+.2f} (n = 1)"
+    mean, low, high, n, _ = paired(a, b)
+    return f"{mean:+.2f} [{low:+.2f}, {high:+.2f}] (n = {n})"
+
+
+def report(lambda_runs: list[dict], schedule_runs: list[dict], epochs: int) -> str:
+    byol = finals(schedule_runs, "byol", epochs)
+    headline = finals(schedule_runs, "byol_rotation", epochs)
+    arms = {0.1: headline}
+    for r in lambda_runs:
+        if r["arm"].startswith("byol_rotation_lam"):
+            arms.setdefault(float(r["arm"].removeprefix("byol_rotation_lam")), {})
+    for lam in list(arms):
+        if lam != 0.1:
+            arms[lam] = finals(lambda_runs, f"byol_rotation_lam{lam:g}", epochs)
+    lines = [f"BYOL + rotation at {epochs} epochs (its own cosine schedule); BYOL at {epochs} epochs: "
+             f"{statistics.fmean(byol.values()):.2f} (n = {len(byol)}).", "",
+             "| λ | n | final kNN top-1 per seed | mean | − λ 0.1, paired | − BYOL, paired |",
+             "| --- | --- | --- | --- | --- | --- |"]
+    for lam in sorted(arms):
+        values = arms[lam]
+        if not values:
+            continue
+        per_seed = " / ".join(f"s{s} {v:.2f}" for s, v in sorted(values.items()))
+        versus = "(reference)" if lam == 0.1 else difference(values, headline)
+        lines.append(f"| {lam:g} | {len(values)} | {per_seed} | {statistics.fmean(values.values()):.2f} | "
+                     f"{versus} | {difference(values, byol)} |")
+    return "\n".join(lines)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("lambda_runs", type=Path)
+    parser.add_argument("schedule_runs", type=Path)
+    parser.add_argument("--epochs", type=int, default=12)
+    args = parser.parse_args()
+    print(report(rows(args.lambda_runs), rows(args.schedule_runs), args.epochs))
+
+
+if __name__ == "__main__":
+    main()
