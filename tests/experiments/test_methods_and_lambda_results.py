@@ -54,3 +54,12 @@ def test_the_lambda_report_pairs_by_seed_against_the_headline_and_byol() -> None
     assert f"| 0.3 | 2 | s0 35.00 / s1 38.00 | 36.50 | +1.50 [{1.5 - half:+.2f}, {1.5 + half:+.2f}] (n = 2) |" in text
     assert "| 1 | 1 | s1 33.00 | 33.00 | -3.00 (n = 1) | +2.00 (n = 1) |" in text
     assert "| 0.1 | 3 | s0 34.00 / s1 36.00 / s2 35.00 | 35.00 | (reference) |" in text
+
+
+def test_the_lambda_readme_quotes_the_report_of_its_records() -> None:
+    script = load_lambda_report()
+    results = ROOT / "experiments" / "results"
+    text = script.report(script.rows(results / "cifar10-cpu-lambda" / "runs"),
+                         script.rows(results / "cifar10-cpu-schedules" / "runs"), 12)
+    readme = (results / "cifar10-cpu-lambda" / "README.md").read_text()
+    assert all(line in readme for line in text.splitlines() if line.startswith("| "))
