@@ -26,6 +26,9 @@ def _load(name: str):
     return module
 
 
+#: the λ arms' name prefix, and the pre-specified λ (the schedule study's ``byol_rotation`` runs)
+ARM, HEADLINE = "byol_rotation_lam", 0.1
+
 rows = _load("schedules_table").rows
 paired = _load("schedules_report").paired
 
@@ -48,23 +51,17 @@ def difference(a: dict[int, float], b: dict[int, float]) -> str:
 def report(lambda_runs: list[dict], schedule_runs: list[dict], epochs: int) -> str:
     byol = finals(schedule_runs, "byol", epochs)
     headline = finals(schedule_runs, "byol_rotation", epochs)
-    arms = {0.1: headline}
-    for r in lambda_runs:
-        if r["arm"].startswith("byol_rotation_lam"):
-            arms.setdefault(float(r["arm"].removeprefix("byol_rotation_lam")), {})
-    for lam in list(arms):
-        if lam != 0.1:
-            arms[lam] = finals(lambda_runs, f"byol_rotation_lam{lam:g}", epochs)
+    lambdas = {float(r["arm"].removeprefix(ARM)) for r in lambda_runs if r["arm"].startswith(ARM)} | {HEADLINE}
     lines = [f"BYOL + rotation at {epochs} epochs (its own cosine schedule); BYOL at {epochs} epochs: "
              f"{statistics.fmean(byol.values()):.2f} (n = {len(byol)}).", "",
              "| λ | n | final kNN top-1 per seed | mean | − λ 0.1, paired | − BYOL, paired |",
              "| --- | --- | --- | --- | --- | --- |"]
-    for lam in sorted(arms):
-        values = arms[lam]
-        if not values:
+    for lam in sorted(lambdas):
+        values = headline if lam == HEADLINE else finals(lambda_runs, f"{ARM}{lam:g}", epochs)
+        if not values:  # runs of another schedule only
             continue
         per_seed = " / ".join(f"s{s} {v:.2f}" for s, v in sorted(values.items()))
-        versus = "(reference)" if lam == 0.1 else difference(values, headline)
+        versus = "(reference)" if lam == HEADLINE else difference(values, headline)
         lines.append(f"| {lam:g} | {len(values)} | {per_seed} | {statistics.fmean(values.values()):.2f} | "
                      f"{versus} | {difference(values, byol)} |")
     return "\n".join(lines)

@@ -7,7 +7,11 @@ so that ``device: auto`` lands on the CPU as in CI. The CUDA tests (``@pytest.ma
 
 from __future__ import annotations
 
+import importlib.util
 import os
+from collections.abc import Callable
+from pathlib import Path
+from types import ModuleType
 
 if os.environ.get("AUXSSL_TEST_CUDA") != "1":
     os.environ["CUDA_VISIBLE_DEVICES"] = ""  # before torch first looks for a GPU
@@ -15,6 +19,22 @@ if os.environ.get("AUXSSL_TEST_CUDA") != "1":
 import pytest
 import torch
 from torch import nn
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+@pytest.fixture
+def load_script() -> Callable[[str], ModuleType]:
+    """Load a script of the repository that is not a package module (``examples/…``, ``experiments/…``) by its
+    path relative to the repository root, e.g. ``load_script("experiments/schedules_report.py")``."""
+
+    def load(path: str) -> ModuleType:
+        spec = importlib.util.spec_from_file_location(Path(path).stem, ROOT / path)
+        module = importlib.util.module_from_spec(spec)
+        spec.loader.exec_module(module)
+        return module
+
+    return load
 
 
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:

@@ -3,7 +3,6 @@ the λ report's pairing rules against hand computations."""
 
 from __future__ import annotations
 
-import importlib.util
 import json
 from pathlib import Path
 
@@ -35,29 +34,24 @@ def test_the_methods_readme_quotes_the_paired_gains_its_records_give(method: str
             assert f"{arm[:, column].mean():.2f} ± {arm[:, column].std(ddof=1):.2f}" in readme
 
 
-def load_lambda_report():
-    spec = importlib.util.spec_from_file_location("lambda_report", ROOT / "experiments" / "lambda_report.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+def test_the_lambda_report_pairs_by_seed_against_the_headline_and_byol(load_script) -> None:
+    def run(arm: str, seed: int, value: float) -> dict:
+        return {"arm": arm, "epochs": 12, "seed": seed, "final": value}
 
-
-def test_the_lambda_report_pairs_by_seed_against_the_headline_and_byol() -> None:
-    run = lambda arm, seed, value: {"arm": arm, "epochs": 12, "seed": seed, "final": value}  # noqa: E731
     schedules = [run("byol", 0, 30.0), run("byol", 1, 31.0), run("byol_rotation", 0, 34.0),
                  run("byol_rotation", 1, 36.0), run("byol_rotation", 2, 35.0), run("byol", 2, 32.0),
                  run("byol_rotation", 0, 99.0) | {"epochs": 24}]
     lambdas = [run("byol_rotation_lam0.3", 0, 35.0), run("byol_rotation_lam0.3", 1, 38.0),
                run("byol_rotation_lam1", 1, 33.0)]
-    text = load_lambda_report().report(lambdas, schedules, 12)
+    text = load_script("experiments/lambda_report.py").report(lambdas, schedules, 12)
     half = stats.t.ppf(0.975, 1) * np.std([1.0, 2.0], ddof=1) / np.sqrt(2)  # λ 0.3 − λ 0.1: +1, +2
     assert f"| 0.3 | 2 | s0 35.00 / s1 38.00 | 36.50 | +1.50 [{1.5 - half:+.2f}, {1.5 + half:+.2f}] (n = 2) |" in text
     assert "| 1 | 1 | s1 33.00 | 33.00 | -3.00 (n = 1) | +2.00 (n = 1) |" in text
     assert "| 0.1 | 3 | s0 34.00 / s1 36.00 / s2 35.00 | 35.00 | (reference) |" in text
 
 
-def test_the_lambda_readme_quotes_the_report_of_its_records() -> None:
-    script = load_lambda_report()
+def test_the_lambda_readme_quotes_the_report_of_its_records(load_script) -> None:
+    script = load_script("experiments/lambda_report.py")
     results = ROOT / "experiments" / "results"
     text = script.report(script.rows(results / "cifar10-cpu-lambda" / "runs"),
                          script.rows(results / "cifar10-cpu-schedules" / "runs"), 12)

@@ -4,7 +4,6 @@ evaluation settings, with evaluation time excluded from its training clock."""
 
 from __future__ import annotations
 
-import importlib.util
 import json
 import os
 import subprocess
@@ -17,16 +16,9 @@ ROOT = Path(__file__).resolve().parents[2]
 TINY = ["--epochs", "2", "--batch-size", "32", "--train-subset", "64", "--test-subset", "64"]
 
 
-def example(name: str):
-    spec = importlib.util.spec_from_file_location(name, ROOT / "examples" / f"{name}.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
-
-
-def test_lightly_byol_with_rotation_in_a_plain_loop() -> None:
+def test_lightly_byol_with_rotation_in_a_plain_loop(load_script) -> None:
     pytest.importorskip("lightly")
-    results = example("lightly_byol_rotation").main(TINY)
+    results = load_script("examples/lightly_byol_rotation.py").main(TINY)
     assert set(results) == {"knn/top1", "knn/top5"} and 0 <= results["knn/top1"] <= 100
 
 
@@ -37,14 +29,14 @@ def test_plain_pytorch_loop_without_an_ssl_library() -> None:
     assert "rotation accuracy" in run.stdout
 
 
-def test_a_lightning_run_is_reported_next_to_an_engine_run(tmp_path: Path) -> None:
+def test_a_lightning_run_is_reported_next_to_an_engine_run(tmp_path: Path, load_script) -> None:
     pytest.importorskip("lightly")
     pytest.importorskip("lightning")
     from auxssl.cli import main as auxssl
     from auxssl.eval.report import load_runs, write_report
     from auxssl.eval.tracker import read_metrics, read_run_info
 
-    lightning_example = example("lightning_byol_rotation")
+    lightning_example = load_script("examples/lightning_byol_rotation.py")
     for variant in ([], ["--no-rotation"]):
         lightning_example.main(["--output-dir", str(tmp_path / "lightning"), "--knn-every", "1", *TINY, *variant])
     assert auxssl(["train", "byol_cifar10", "--output-dir", str(tmp_path / "engine"), "--name", "engine",
@@ -67,7 +59,8 @@ def test_a_lightning_run_is_reported_next_to_an_engine_run(tmp_path: Path) -> No
     assert json.loads((rotation / "run.json").read_text())["budget"]["steps_per_epoch"] == 2
 
 
-def test_a_lightning_run_under_torchrun_records_once_and_evaluates_like_one_process(tmp_path: Path) -> None:
+def test_a_lightning_run_under_torchrun_records_once_and_evaluates_like_one_process(tmp_path: Path,
+                                                                                  load_script) -> None:
     """Two gloo processes (Lightning's DDP under torchrun): every rank evaluates its shard of the kNN, rank 0 alone
     writes the run, and the random initialisation's kNN (seeded alike) equals the one-process run's."""
     pytest.importorskip("lightly")
@@ -75,7 +68,7 @@ def test_a_lightning_run_under_torchrun_records_once_and_evaluates_like_one_proc
     from auxssl.eval.tracker import read_metrics, read_run_info
 
     args = ["--epochs", "1", "--batch-size", "16", "--train-subset", "64", "--test-subset", "64", "--knn-every", "1"]
-    example("lightning_byol_rotation").main(["--output-dir", str(tmp_path / "one"), *args])
+    load_script("examples/lightning_byol_rotation.py").main(["--output-dir", str(tmp_path / "one"), *args])
     run = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2",
                           str(ROOT / "examples" / "lightning_byol_rotation.py"), "--devices", "2",
                           "--output-dir", str(tmp_path / "ddp"), *args],
