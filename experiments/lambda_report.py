@@ -30,22 +30,11 @@ def _load(name: str):
 ARM, HEADLINE = "byol_rotation_lam", 0.1
 
 rows = _load("schedules_table").rows
-paired = _load("schedules_report").paired
+difference = _load("schedules_report").paired_cell
 
 
 def finals(runs: list[dict], arm: str, epochs: int) -> dict[int, float]:
     return {r["seed"]: r["final"] for r in runs if r["arm"] == arm and r["epochs"] == epochs}
-
-
-def difference(a: dict[int, float], b: dict[int, float]) -> str:
-    shared = set(a) & set(b)
-    if not shared:
-        return "–"
-    if len(shared) == 1:
-        (seed,) = shared
-        return f"{a[seed] - b[seed]:+.2f} (n = 1)"
-    mean, low, high, n, _ = paired(a, b)
-    return f"{mean:+.2f} [{low:+.2f}, {high:+.2f}] (n = {n})"
 
 
 def report(lambda_runs: list[dict], schedule_runs: list[dict], epochs: int) -> str:

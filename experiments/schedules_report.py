@@ -69,6 +69,19 @@ def paired(a: dict[int, float], b: dict[int, float]) -> tuple[float, float, floa
     return mean, mean - half, mean + half, len(diffs), diffs
 
 
+def paired_cell(a: dict[int, float], b: dict[int, float]) -> str:
+    """A table cell for a − b paired by seed: the mean difference with its 95 % t interval and n, the single
+    difference at one shared seed, "–" at none."""
+    shared = set(a) & set(b)
+    if not shared:
+        return "–"
+    if len(shared) == 1:
+        (seed,) = shared
+        return f"{a[seed] - b[seed]:+.2f} (n = 1)"
+    mean, low, high, n, _ = paired(a, b)
+    return f"{mean:+.2f} [{low:+.2f}, {high:+.2f}] (n = {n})"
+
+
 def crossing(points: list[tuple[float, float]], target: float) -> float | None:
     """The x at which the piecewise-linear curve through ``points`` (x ascending, y = accuracy) first reaches
     ``target``; None if it never does; the first x if its first point already does."""

@@ -1,5 +1,5 @@
 """The SimSiam / SwAV study's README against its committed raw records (recomputed here with numpy and scipy), and
-the λ report's pairing rules against hand computations."""
+the λ and noise-table reports' pairing rules against hand computations."""
 
 from __future__ import annotations
 
@@ -57,3 +57,37 @@ def test_the_lambda_readme_quotes_the_report_of_its_records(load_script) -> None
                          script.rows(results / "cifar10-cpu-schedules" / "runs"), 12)
     readme = (results / "cifar10-cpu-lambda" / "README.md").read_text()
     assert all(line in readme for line in text.splitlines() if line.startswith("| "))
+
+
+def test_the_noise_tables_report_pairs_levels_and_readings_and_averages_the_measured_noise(load_script,
+                                                                                            tmp_path: Path) -> None:
+    def run(arm: str, seed: int, value: float, noise: dict[str, list[float]] | None = None, epochs: int = 12) -> dict:
+        folder = tmp_path / f"{arm}-e{epochs}-s{seed}"
+        folder.mkdir()
+        records = [{"kind": "train"} | {key: values[i] for key, values in (noise or {}).items()}
+                   for i in range(max((len(v) for v in (noise or {}).values()), default=0))]
+        (folder / "metrics.jsonl").write_text("".join(json.dumps(r) + "\n" for r in records))
+        return {"arm": arm, "path": folder, "epochs": epochs, "seed": seed, "final": value}
+
+    runs = [run("simclr", 0, 40.0, {"noise/fn_removed": [0.0, 0.0]}), run("simclr", 1, 41.0),
+            run("simclr_rotation", 0, 42.0), run("simclr_rotation", 1, 44.0),
+            run("simclr_fnpairs0.3", 0, 41.0, {"noise/fn_removed": [0.2, 0.4], "noise/fn_rate": [0.07, 0.07]}),
+            run("simclr_fnpairs0.3", 1, 43.0, {"noise/fn_removed": [0.3]}),  # run means 0.3 and 0.3
+            run("simclr_rotation_fnpairs0.3", 0, 45.0), run("simclr_rotation_fnpairs0.3", 1, 46.0),
+            run("simclr_fnimages0.3", 0, 39.0, {"noise/fn_removed": [0.09]}),
+            run("simclr_fnimages0.3", 1, 20.0, epochs=24),  # another schedule: not in the 12-epoch table
+            run("byol_good1", 0, 33.0, {"noise/fp_rate": [0.0], "noise/crop_ios_low": [0.0]}),
+            run("byol", 0, 30.0, {"noise/fp_rate": [0.6, 0.7]}), run("simsiam", 0, 50.0)]
+    text = load_script("experiments/noise_tables_report.py").report(runs, 12)
+    def ci(*diffs: float) -> str:
+        low, high = stats.t.interval(0.95, len(diffs) - 1, loc=np.mean(diffs), scale=stats.sem(diffs))
+        return f"{np.mean(diffs):+.2f} [{low:+.2f}, {high:+.2f}] (n = {len(diffs)})"
+
+    assert (f"| 0 | - | 0.000 | – | 40.50 ± 0.71 (n = 2) | 43.00 ± 1.41 (n = 2) | {ci(2.0, 3.0)} | "
+            "(reference) | (reference) |") in text
+    assert "| 0.3 | images | 0.090 | – | 39.00 (n = 1) | – | – | -1.00 (n = 1) | – |" in text
+    pairs = next(line for line in text.splitlines() if line.startswith("| 0.3 | pairs |"))
+    assert pairs.startswith("| 0.3 | pairs | 0.300 | 0.070 | 42.00 ± 1.41 (n = 2) | 45.50 ± 0.71 (n = 2) |")
+    assert pairs.endswith(f"| {ci(4.0, 3.0)} | {ci(1.0, 2.0)} | {ci(3.0, 2.0)} |")
+    assert "| 0 | - | 0.650 | – | 30.00 (n = 1) | – | – |" in text and "| 1 | - | 0.000 | 0.000 | 33.00" in text
+    assert "50.00" not in text and "20.00" not in text
