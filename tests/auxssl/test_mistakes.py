@@ -222,3 +222,18 @@ def test_experiment_scripts_have_a_usage_line_and_refuse_arguments(tmp_path: Pat
     assert shown.returncode == 0 and "Knobs" in shown.stdout and not (tmp_path / "runs").exists()
     refused = subprocess.run(["bash", str(path), "--epochs", "2"], capture_output=True, text=True, cwd=tmp_path)
     assert refused.returncode == 2 and "unknown argument '--epochs'" in refused.stderr
+
+
+def test_the_study_script_turns_noise_arms_into_settings_and_refuses_bad_levels(tmp_path: Path) -> None:
+    script = ROOT / "experiments" / "run_cifar10_cpu_study.sh"
+    env = {"PATH": f"{Path(sys.executable).parent}:/usr/bin:/bin", "DRY_RUN": "1", "SEEDS": "3",
+           "ARMS": "simclr_rotation_fnpairs0.3@12 byol_good1"}
+    shown = subprocess.run(["bash", str(script)], capture_output=True, text=True, cwd=tmp_path, env=env)
+    first, second = shown.stdout.splitlines()
+    assert shown.returncode == 0 and not (tmp_path / "runs").exists()
+    assert "--name simclr_rotation_fnpairs0.3-e12-s3" in first and "noise.fn_elimination_mode=pairs" in first
+    assert "noise.fn_elimination=0.3" in first and "tasks=\\[\\{name:\\ rotation\\}\\]" in first
+    assert "--name byol_good1-s3" in second and "noise.good_crop_fraction=1" in second and "tasks=\\[\\]" in second
+    refused = subprocess.run(["bash", str(script)], capture_output=True, text=True, cwd=tmp_path,
+                             env=env | {"ARMS": "byol_good1.5"})
+    assert refused.returncode == 2 and "noise level must be a fraction in (0, 1], got '1.5'" in refused.stderr
