@@ -91,3 +91,19 @@ def test_the_noise_tables_report_pairs_levels_and_readings_and_averages_the_meas
     assert pairs.endswith(f"| {ci(4.0, 3.0)} | {ci(1.0, 2.0)} | {ci(3.0, 2.0)} |")
     assert "| 0 | - | 0.650 | – | 30.00 (n = 1) | – | – |" in text and "| 1 | - | 0.000 | 0.000 | 33.00" in text
     assert "50.00" not in text and "20.00" not in text
+
+
+def test_paired_finals_differs_by_shared_seed_with_the_t_interval_and_p_value(load_script) -> None:
+    def run(arm: str, seed: int, value: float, epochs: int = 24) -> dict:
+        return {"arm": arm, "epochs": epochs, "seed": seed, "final": value}
+
+    runs = [run("a", 0, 40.0), run("a", 1, 43.0), run("a", 2, 41.0), run("a", 3, 50.0),
+            run("b", 0, 38.0), run("b", 1, 42.0), run("b", 2, 37.0),  # seed 3 only in a: not paired
+            run("b", 4, 30.0), run("b", 1, 10.0, epochs=12), run("c", 0, 1.0)]
+    text = load_script("experiments/paired_finals.py").report(runs, [("a", "b"), ("a", "c")], epochs=24)
+    diffs = np.array([2.0, 1.0, 4.0])
+    low, high = stats.t.interval(0.95, 2, loc=diffs.mean(), scale=stats.sem(diffs))
+    p = stats.ttest_1samp(diffs, 0.0).pvalue
+    assert (f"| a − b | 3 | 41.33 ± 1.53 | 39.00 ± 2.65 | s0 +2.00 / s1 +1.00 / s2 +4.00 | "
+            f"+2.33 [{low:+.2f}, {high:+.2f}] | {p:.3g} |") in text
+    assert "| a − c | 1 | – | – | – | too few shared seeds | – |" in text
