@@ -24,7 +24,7 @@ from torch import nn
 from torch.utils.data import DataLoader, Dataset
 
 from auxssl import AuxiliaryLoss
-from auxssl.integrations.lightning import KNNMonitor, RunRecorder
+from auxssl.integrations.lightning import KNNMonitor, RunRecorder, SeedPerRank
 
 
 class BYOLWithRotation(pl.LightningModule):
@@ -108,7 +108,9 @@ def main(argv: list[str] | None = None) -> None:
     recorder = RunRecorder(f"{args.output_dir}/{name}", method="lightly_byol", seed=args.seed, dataset=args.dataset,
                            tasks=[] if args.no_rotation else ["rotation"], log_every_n_steps=10,
                            budget={"batch_size": args.batch_size, "train_images": len(knn.train_set)})
-    trainer = pl.Trainer(max_epochs=args.epochs, accelerator="auto", devices=args.devices, callbacks=[recorder, knn],
+    # SeedPerRank: under DDP every rank its own augmentations and rotation labels (seed_everything seeds all alike)
+    trainer = pl.Trainer(max_epochs=args.epochs, accelerator="auto", devices=args.devices,
+                         callbacks=[SeedPerRank(args.seed), recorder, knn],
                          logger=False, enable_checkpointing=False, enable_progress_bar=False)
     trainer.fit(BYOLWithRotation(rotation=not args.no_rotation, max_epochs=args.epochs), loader)
 

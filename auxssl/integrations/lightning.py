@@ -4,6 +4,8 @@
   metrics, images seen, training wall-clock and CPU time with evaluation excluded), so ``auxssl report``
   compares Lightning runs with and without an auxiliary task, and with auxssl-engine runs, exactly as it compares
   its own.
+- `SeedPerRank` gives every DDP process its own random stream once the model is built (``seed_everything``
+  seeds every rank alike: each would draw the same augmentations and rotation labels).
 - `KNNMonitor` runs auxssl's weighted kNN on a labelled set every N epochs, with the recorder's training clock
   paused; `KNNMonitor.like_auxssl` builds the same bank and test images as an engine run of the same settings
   and records the evaluation settings in the same form, which is what makes the two comparable.
@@ -13,12 +15,15 @@ Needs ``pip install 'auxssl[lightning]'`` (``lightning``; ``pytorch_lightning`` 
 
 from __future__ import annotations
 
+import random
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from contextlib import contextmanager, nullcontext
 from dataclasses import asdict
 from pathlib import Path
 from typing import Any
 
+import numpy as np
+import torch
 import torch.distributed as dist
 from torch import Tensor, nn
 
@@ -32,6 +37,7 @@ except ImportError:  # the older package name (lightly depends on it)
 
 from auxssl.config import load_config
 from auxssl.data.datasets import ImageDataset
+from auxssl.data.loaders.base import derive_seed
 from auxssl.engine.build import build_datasets, evaluation_data
 from auxssl.engine.machine import machine_info
 from auxssl.engine.precision import resolve_precision
@@ -50,6 +56,26 @@ def _batch_size(batch: Any) -> int:
         if (size := _batch_size(item)) > 0:
             return size
     return 0
+
+
+class SeedPerRank(Callback):
+    """Seed every process with its own stream, derived from ``(seed, global rank)``, once the model exists.
+
+    ``seed_everything(seed)`` seeds every DDP rank alike, so each rank would draw the same random numbers in its
+    main process: the same augmentations (DataLoader without workers) and the same rotation labels for its
+    different images — W processes that draw as one (Lightning issue #16166; DeiT and DETR seed ``seed + rank``
+    for this reason). At ``setup``, after the model is built and before DDP copies rank 0's weights to every
+    rank, this seeds torch (every device), NumPy and ``random``. Rank 0's stream is the same with one process
+    or several. Worker processes are seeded by the DataLoader from the main process's stream."""
+
+    def __init__(self, seed: int) -> None:
+        self.seed = seed
+
+    def setup(self, trainer: Trainer, pl_module: LightningModule, stage: str) -> None:
+        seed = derive_seed(self.seed, trainer.global_rank)
+        torch.manual_seed(seed)
+        np.random.seed(seed % 2**32)
+        random.seed(seed)
 
 
 class RunRecorder(Callback):

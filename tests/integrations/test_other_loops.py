@@ -104,3 +104,30 @@ def test_the_readme_shows_the_lines_the_lightly_example_runs() -> None:
     assert len(lines) == 3
     example = {line.strip() for line in (ROOT / "examples" / "lightly_byol_rotation.py").read_text().splitlines()}
     assert all(line.strip() in example for line in lines)
+
+
+def test_seed_per_rank_gives_every_ddp_rank_its_own_rotation_labels_from_the_same_weights(tmp_path: Path) -> None:
+    """Lightning's seed_everything seeds both gloo ranks alike, so they draw the same rotation labels for their
+    different images; with `SeedPerRank` they differ, start from the same (DDP-synchronised) weights, and rank
+    0 draws what a one-process run draws."""
+    pytest.importorskip("lightning")
+
+    def launch(name: str, processes: int, *flags: str) -> list[dict]:
+        out = tmp_path / name
+        out.mkdir()
+        run = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone",
+                              f"--nproc_per_node={processes}", str(ROOT / "tests" / "integrations" /
+                                                                   "lightning_rank_streams.py"),
+                              str(out), "--devices", str(processes), *flags],
+                             capture_output=True, text=True, timeout=300,
+                             env={**os.environ, "OMP_NUM_THREADS": "1"}, check=False)
+        assert run.returncode == 0, run.stderr[-3000:]
+        return [json.loads((out / f"rank{r}.json").read_text()) for r in range(processes)]
+
+    alike = launch("alike", 2)
+    own = launch("own", 2, "--per-rank-seed")
+    (one,) = launch("one", 1, "--per-rank-seed")
+    assert len(own[0]["labels"]) == 2 * 2 and alike[0]["labels"] == alike[1]["labels"]  # 2 steps, 2 views each
+    assert own[0]["labels"] != own[1]["labels"]
+    assert own[0]["weight"] == own[1]["weight"] == one["weight"] == alike[0]["weight"]
+    assert one["labels"][:len(own[0]["labels"])] == own[0]["labels"]
