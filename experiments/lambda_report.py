@@ -12,25 +12,16 @@ Student t over the seeds both sides share (none with one shared seed). Prints Ma
 from __future__ import annotations
 
 import argparse
-import importlib.util
 import statistics
 from pathlib import Path
 
-HERE = Path(__file__).resolve().parent
-
-
-def _load(name: str):
-    spec = importlib.util.spec_from_file_location(name, HERE / f"{name}.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
-
+# sibling scripts (their folder is on sys.path when Python runs a script)
+from schedules_report import paired_cell as difference
+from schedules_table import rows
 
 #: the λ arms' name prefix, and the pre-specified λ (the schedule study's ``byol_rotation`` runs)
 ARM, HEADLINE = "byol_rotation_lam", 0.1
 
-rows = _load("schedules_table").rows
-difference = _load("schedules_report").paired_cell
 
 
 def finals(runs: list[dict], arm: str, epochs: int) -> dict[int, float]:

@@ -18,25 +18,15 @@ inside the other: different content) (Table 2), over the base arm's runs. Prints
 from __future__ import annotations
 
 import argparse
-import importlib.util
 import re
 import statistics
 from pathlib import Path
 
+# sibling scripts (their folder is on sys.path when Python runs a script)
+from schedules_report import paired_cell
+from schedules_table import rows
+
 from auxssl.eval.tracker import read_metrics
-
-HERE = Path(__file__).resolve().parent
-
-
-def _load(name: str):
-    spec = importlib.util.spec_from_file_location(name, HERE / f"{name}.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
-
-
-rows = _load("schedules_table").rows
-paired_cell = _load("schedules_report").paired_cell
 
 #: arm names: METHOD[_rotation][_fn(images|pairs)P | _goodR]
 ARM = re.compile(r"^(?P<method>[a-z0-9]+?)(?P<rotation>_rotation)?"

@@ -13,24 +13,13 @@ Prints Markdown.
 from __future__ import annotations
 
 import argparse
-import importlib.util
 import statistics
 from pathlib import Path
 
+# sibling scripts (their folder is on sys.path when Python runs a script)
+from schedules_report import paired
+from schedules_table import rows
 from scipy import stats
-
-HERE = Path(__file__).resolve().parent
-
-
-def _load(name: str):
-    spec = importlib.util.spec_from_file_location(name, HERE / f"{name}.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
-
-
-rows = _load("schedules_table").rows
-paired = _load("schedules_report").paired
 
 
 def finals(runs: list[dict], arm: str, epochs: int | None) -> dict[int, float]:

@@ -24,11 +24,13 @@ ROOT = Path(__file__).resolve().parents[1]
 
 
 @pytest.fixture
-def load_script() -> Callable[[str], ModuleType]:
+def load_script(monkeypatch: pytest.MonkeyPatch) -> Callable[[str], ModuleType]:
     """Load a script of the repository that is not a package module (``examples/…``, ``experiments/…``) by its
-    path relative to the repository root, e.g. ``load_script("experiments/schedules_report.py")``."""
+    path relative to the repository root, e.g. ``load_script("experiments/schedules_report.py")``. Its folder is
+    on ``sys.path`` meanwhile, as when Python runs the script, so it imports its sibling scripts by name."""
 
     def load(path: str) -> ModuleType:
+        monkeypatch.syspath_prepend(str((ROOT / path).parent))
         spec = importlib.util.spec_from_file_location(Path(path).stem, ROOT / path)
         module = importlib.util.module_from_spec(spec)
         spec.loader.exec_module(module)
