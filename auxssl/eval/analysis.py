@@ -85,13 +85,15 @@ def evaluation_settings(info: RunInfo) -> dict[str, Any]:
 
 
 def _differences(runs: Sequence[Run], key: str) -> str:
+    """The fields of evaluation settings ``key`` on which the runs differ. A field only some runs record (one
+    added to ``run.json`` after the others were written, e.g. ``data.split``) is compared among those that do."""
     settings = [evaluation_settings(r.info).get(key, {}) for r in runs]
     fields = sorted({f for s in settings for f in s})
     lines = []
     for f in fields:
-        values = [s.get(f) for s in settings]
-        if any(v != values[0] for v in values):
-            lines.append(f"{key}.{f}: " + ", ".join(f"{r.path.name}={v!r}" for r, v in zip(runs, values)))
+        recorded = [(r, s[f]) for r, s in zip(runs, settings) if f in s]
+        if any(v != recorded[0][1] for _, v in recorded):
+            lines.append(f"{key}.{f}: " + ", ".join(f"{r.path.name}={v!r}" for r, v in recorded))
     return "; ".join(lines)
 
 

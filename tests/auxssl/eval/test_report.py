@@ -133,6 +133,18 @@ def test_report_refuses_to_mix_protocols(runs: Path, tmp_path: Path) -> None:
         write_report([runs], tmp_path / "report")
 
 
+def test_a_setting_older_runs_did_not_record_is_compared_among_the_runs_that_do(runs: Path, tmp_path: Path) -> None:
+    """``data.split`` joined run.json after the first studies: runs without it still compare with runs that
+    have it, while two runs recording different values are refused."""
+    split = {**EVALUATION, "data": {**EVALUATION["data"], "split": "labelled: 10 classes"}}
+    make_run(runs, "newer", [], 2, lambda e: e * 0.8, 10.0, evaluation=split)
+    write_report([runs], tmp_path / "report")  # the fixture's runs lack the field
+    other = {**EVALUATION, "data": {**EVALUATION["data"], "split": "labelled: 5 classes"}}
+    make_run(runs, "other", [], 3, lambda e: e * 0.8, 10.0, evaluation=other)
+    with pytest.raises(ValueError, match=r"data\.split: newer='labelled: 10 classes', other='labelled: 5 classes'"):
+        write_report([runs], tmp_path / "report2")
+
+
 @pytest.mark.parametrize("field, value", [("image_size", 16), ("bank_size", 2000), ("test_size", 500)])
 def test_report_refuses_runs_evaluated_on_different_data(runs: Path, tmp_path: Path, field: str, value: int) -> None:
     make_run(runs, "other", [], 2, lambda e: e * 0.8, 10.0,
