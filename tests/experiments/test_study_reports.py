@@ -107,3 +107,16 @@ def test_paired_finals_differs_by_shared_seed_with_the_t_interval_and_p_value(lo
     assert (f"| a − b | 3 | 41.33 ± 1.53 | 39.00 ± 2.65 | s0 +2.00 / s1 +1.00 / s2 +4.00 | "
             f"+2.33 [{low:+.2f}, {high:+.2f}] | {p:.3g} |") in text
     assert "| a − c | 1 | – | – | – | too few shared seeds | – |" in text
+
+
+#: the CPU study's claims (experiments/results/cifar10-cpu/README.md), each a paired comparison of final kNN
+STUDY_PAIRS = [("byol_rotation", "byol"), ("byol_rotation", "rotation_only"), ("rotation_only", "byol"),
+               ("byol_rotation", "byol_rotation16"), ("byol_rotation16", "byol"), ("simclr_rotation", "simclr")]
+
+
+def test_the_cpu_study_readme_quotes_the_paired_comparisons_of_its_records(load_script) -> None:
+    script = load_script("experiments/paired_finals.py")
+    study = ROOT / "experiments" / "results" / "cifar10-cpu"
+    text = script.report(script.rows(study / "runs"), STUDY_PAIRS)
+    readme = (study / "README.md").read_text()
+    assert all(line in readme for line in text.splitlines()[2:])
