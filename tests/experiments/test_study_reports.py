@@ -120,3 +120,12 @@ def test_the_cpu_study_readme_quotes_the_paired_comparisons_of_its_records(load_
     text = script.report(script.rows(study / "runs"), STUDY_PAIRS)
     readme = (study / "README.md").read_text()
     assert all(line in readme for line in text.splitlines()[2:])
+
+
+def test_the_noise_tables_readme_quotes_the_report_of_its_records(load_script) -> None:
+    script = load_script("experiments/noise_tables_report.py")
+    results = ROOT / "experiments" / "results"
+    runs = script.rows(results / "cifar10-cpu-noise" / "runs") + script.rows(results / "cifar10-cpu-schedules" / "runs")
+    text = script.report(runs, 12)
+    readme = (results / "cifar10-cpu-noise" / "README.md").read_text()
+    assert all(line in readme for line in text.splitlines() if line.startswith("| "))
