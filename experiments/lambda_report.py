@@ -16,16 +16,13 @@ import statistics
 from pathlib import Path
 
 # sibling scripts (their folder is on sys.path when Python runs a script)
+from paired_finals import finals
 from schedules_report import paired_cell as difference
 from schedules_table import rows
 
 #: the λ arms' name prefix, and the pre-specified λ (the schedule study's ``byol_rotation`` runs)
 ARM, HEADLINE = "byol_rotation_lam", 0.1
 
-
-
-def finals(runs: list[dict], arm: str, epochs: int) -> dict[int, float]:
-    return {r["seed"]: r["final"] for r in runs if r["arm"] == arm and r["epochs"] == epochs}
 
 
 def report(lambda_runs: list[dict], schedule_runs: list[dict], epochs: int) -> str:

@@ -23,6 +23,7 @@ from scipy import stats
 
 
 def finals(runs: list[dict], arm: str, epochs: int | None) -> dict[int, float]:
+    """The final kNN top-1 of ``arm``'s runs by seed, at one schedule (``epochs``) or any (None)."""
     return {r["seed"]: r["final"] for r in runs if r["arm"] == arm and epochs in (None, r["epochs"])}
 
 
