@@ -24,6 +24,7 @@ from torch import nn
 from torch.utils.data import DataLoader, Dataset
 
 from auxssl import AuxiliaryLoss
+from auxssl.engine.distributed import shutdown_distributed
 from auxssl.integrations.lightning import KNNMonitor, RunRecorder, SeedPerRank
 
 
@@ -113,6 +114,9 @@ def main(argv: list[str] | None = None) -> None:
                          callbacks=[SeedPerRank(args.seed), recorder, knn],
                          logger=False, enable_checkpointing=False, enable_progress_bar=False)
     trainer.fit(BYOLWithRotation(rotation=not args.no_rotation, max_epochs=args.epochs), loader)
+    # under torchrun on CPU: leave the gloo group before exiting (Lightning destroys only NCCL groups at exit; a
+    # gloo group alive at interpreter exit can abort its process: 'terminate called without an active exception')
+    shutdown_distributed(completed=True)
 
 
 if __name__ == "__main__":

@@ -13,6 +13,7 @@ from torch import nn
 from torch.utils.data import DataLoader, TensorDataset
 
 from auxssl import AuxiliaryLoss
+from auxssl.engine.distributed import shutdown_distributed
 from auxssl.integrations.lightning import SeedPerRank
 from auxssl.tasks import RotationPrediction
 
@@ -64,6 +65,7 @@ def main() -> None:
                          enable_checkpointing=False, enable_progress_bar=False, enable_model_summary=False,
                          callbacks=[SeedPerRank(0)] if args.per_rank_seed else [])
     trainer.fit(Module(args.out), data)
+    shutdown_distributed(completed=True)  # as the Lightning example: gloo groups are not destroyed at exit
 
 
 if __name__ == "__main__":
