@@ -117,8 +117,10 @@ class AugSelf(nn.Module):
         for name, target in self.targets(batch).items():
             target = target.to(pairs.device)
             # the reversed pairs' targets: differences change sign, "flipped alike" does not
-            target = torch.cat([target, target if name == "flip" else -target]).float()
             prediction = at_least_float32(self.heads[name](pairs))
+            # in the prediction's precision (BCE's result takes the target's dtype: a float32 target would round a
+            # float64 loss)
+            target = torch.cat([target, target if name == "flip" else -target]).to(prediction.dtype)
             if name == "flip":
                 loss = F.binary_cross_entropy_with_logits(prediction, target)
                 out["acc_flip"] = ((prediction.detach() > 0) == (target > 0.5)).float().mean()

@@ -18,6 +18,7 @@ from torch import nn
 
 from auxssl import AuxWrapper, RotationPrediction
 from auxssl.engine.distributed import convert_batchnorm, wrap_ddp
+from auxssl.tasks import AugSelf, ESSLRotation
 from baselines import METHODS, Batch
 
 WORLD = 2
@@ -30,7 +31,7 @@ HEADS = {
     "barlow_twins": dict(proj_hidden_dim=32, proj_dim=32),
     "vicreg": dict(proj_hidden_dim=32, proj_dim=32),
 }
-CASES = sorted(HEADS) + ["byol+rotation", "simclr+fn_elimination", "simclr+norm_act"]
+CASES = sorted(HEADS) + ["byol+rotation", "byol+augself", "simclr+essl", "simclr+fn_elimination", "simclr+norm_act"]
 #: Labels of the global batch for the masked SimCLR case: the (8, 8) mask removes same-class negatives.
 GLOBAL_LABELS = torch.tensor([0, 1, 0, 1, 2, 2, 0, 1])
 
@@ -61,12 +62,25 @@ def build(case: str) -> nn.Module:
     model = METHODS[method](small_backbone(norm_act=case.endswith("+norm_act")), **HEADS[method])
     if case.endswith("+rotation"):  # "all" mode: deterministic, so the split batch sees the same rotations
         model = AuxWrapper(model, [RotationPrediction(mode="all", weight=0.5)])
+    elif case.endswith("+augself"):  # batch-norm heads on the base method's features of both views
+        model = AuxWrapper(model, [AugSelf(weight=0.5, flip=1.0, hidden_dim=16)])
+    elif case.endswith("+essl"):  # four rotations of a separate crop in one backbone call, LayerNorm head
+        model = AuxWrapper(model, [ESSLRotation(weight=0.5, hidden_dim=16)])
     return model.double()
 
 
-def global_batch() -> list[torch.Tensor]:
+def global_batch(case: str, rows: slice = slice(None)) -> Batch:
+    """The global batch of ``case`` (8 samples), or the ``rows`` a rank holds; noise control's mask spans the
+    global batch on every rank."""
     g = torch.Generator().manual_seed(1)
-    return [torch.rand(8, 3, 8, 8, generator=g, dtype=torch.float64) for _ in range(2)]
+    views = [torch.rand(8, 3, 8, 8, generator=g, dtype=torch.float64) for _ in range(2)]
+    task_views = [torch.rand(8, 3, 6, 6, generator=g, dtype=torch.float64)]  # E-SSL's small crop
+    corner = torch.rand(2, 8, 2, generator=g, dtype=torch.float64) * 0.5
+    boxes = torch.cat([corner, corner + 0.2 + 0.3 * torch.rand(2, 8, 2, generator=g, dtype=torch.float64)], dim=2)
+    params = {"flip": torch.rand(2, 8, generator=g) < 0.5,
+              "jitter": 1 + 0.4 * (2 * torch.rand(2, 8, 4, generator=g, dtype=torch.float64) - 1)}
+    return Batch([v[rows] for v in views], negative_weight=negative_weight(case), crop_boxes=boxes[:, rows],
+                 aug_params={k: v[:, rows] for k, v in params.items()}, task_views=[v[rows] for v in task_views])
 
 
 def negative_weight(case: str) -> torch.Tensor | None:
@@ -80,7 +94,7 @@ def negative_weight(case: str) -> torch.Tensor | None:
 
 def reference(case: str) -> tuple[float, list[torch.Tensor]]:
     model = build(case)
-    out = model(Batch(global_batch(), negative_weight=negative_weight(case)))
+    out = model(global_batch(case))
     out["loss"].backward()
     return out["loss"].item(), [p.grad.clone() for p in model.parameters() if p.requires_grad]
 
@@ -93,8 +107,7 @@ def worker(rank: int, init_file: str, out_dir: str) -> None:
         model = convert_batchnorm(build(case), "cpu")
         ddp = nn.parallel.DistributedDataParallel(model)
         share = 8 // WORLD
-        views = [v[rank * share : (rank + 1) * share] for v in global_batch()]
-        loss = ddp(Batch(views, negative_weight=negative_weight(case)))["loss"]
+        loss = ddp(global_batch(case, slice(rank * share, (rank + 1) * share)))["loss"]
         loss.backward()
         mean_loss = loss.detach().clone()
         dist.all_reduce(mean_loss)
