@@ -26,13 +26,50 @@ def rank() -> int:
     return dist.get_rank() if is_distributed() else 0
 
 
-def gather(x: Tensor) -> Tensor:
-    """Concatenate ``x`` from all ranks along dim 0, keeping gradients to the local part."""
-    if not is_distributed():
-        return x
-    from torch.distributed.nn.functional import all_gather
+class _GatherWithGrad(torch.autograd.Function):
+    """All-gather along dim 0 whose backward gives each rank the sum over ranks of the gradient of its own rows
+    (every rank computes a loss from the gathered tensor). ``torch.distributed.nn.functional.all_gather`` did
+    this and is deprecated (its replacement is private)."""
 
-    return torch.cat(all_gather(x.contiguous()), dim=0)
+    @staticmethod
+    def forward(ctx, x: Tensor) -> Tensor:  # type: ignore[override]
+        parts = [torch.empty_like(x) for _ in range(dist.get_world_size())]
+        dist.all_gather(parts, x.contiguous())
+        ctx.rows = slice(dist.get_rank() * len(x), (dist.get_rank() + 1) * len(x))
+        return torch.cat(parts, dim=0)
+
+    @staticmethod
+    def backward(ctx, grad: Tensor) -> Tensor:  # type: ignore[override]
+        grad = grad.contiguous()
+        dist.all_reduce(grad)
+        return grad[ctx.rows]
+
+
+class _AllReduceWithGrad(torch.autograd.Function):
+    """Sum over ranks whose backward sums the ranks' gradients (each rank uses the sum in its own loss)."""
+
+    @staticmethod
+    def forward(ctx, x: Tensor) -> Tensor:  # type: ignore[override]
+        x = x.clone()
+        dist.all_reduce(x)
+        return x
+
+    @staticmethod
+    def backward(ctx, grad: Tensor) -> Tensor:  # type: ignore[override]
+        grad = grad.clone()
+        dist.all_reduce(grad)
+        return grad
+
+
+def gather(x: Tensor) -> Tensor:
+    """Concatenate ``x`` from all ranks along dim 0 (equal shapes on every rank), keeping gradients to the local
+    part."""
+    return _GatherWithGrad.apply(x) if is_distributed() else x
+
+
+def all_reduce_with_grad(x: Tensor) -> Tensor:
+    """The sum of ``x`` over ranks, differentiable (gradients summed over ranks); the identity in one process."""
+    return _AllReduceWithGrad.apply(x) if is_distributed() else x
 
 
 @torch.no_grad()

@@ -16,6 +16,8 @@ import torch.distributed as dist
 from torch import Tensor, nn
 from torch.nn.modules.batchnorm import _BatchNorm
 
+from baselines.distributed import all_reduce_with_grad
+
 
 @dataclass(frozen=True)
 class DistributedContext:
@@ -87,18 +89,17 @@ class AllReduceBatchNorm(_BatchNorm):
     def forward(self, x: Tensor) -> Tensor:
         if not (self.training and dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1):
             return super().forward(x)
-        from torch.distributed.nn.functional import all_reduce
-
         dims = [0, *range(2, x.dim())]
         channels = x.shape[1]
         shape = [1, channels] + [1] * (x.dim() - 2)
         xf = x if x.dtype in (torch.float32, torch.float64) else x.float()
         count = torch.tensor([x.numel() / channels], device=x.device, dtype=xf.dtype)
-        sums = all_reduce(torch.cat([xf.sum(dims), count]))  # two passes, like native BN: no E[x²]-mean² cancellation
+        # two passes, like native BN: no E[x²]-mean² cancellation
+        sums = all_reduce_with_grad(torch.cat([xf.sum(dims), count]))
         total = sums[-1]
         mean = sums[:channels] / total
         centred = xf - mean.view(shape)
-        var = all_reduce(centred.square().sum(dims)) / total
+        var = all_reduce_with_grad(centred.square().sum(dims)) / total
         if self.track_running_stats and self.running_mean is not None:
             with torch.no_grad():
                 momentum = 0.1 if self.momentum is None else self.momentum

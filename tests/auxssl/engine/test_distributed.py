@@ -8,6 +8,7 @@ Twins loss whose DDP gradients were scaled by 1/world_size, so gradients are com
 from __future__ import annotations
 
 import tempfile
+import warnings
 from pathlib import Path
 
 import pytest
@@ -102,6 +103,7 @@ def reference(case: str) -> tuple[float, list[torch.Tensor]]:
 def worker(rank: int, init_file: str, out_dir: str) -> None:
     dist.init_process_group("gloo", init_method=f"file://{init_file}", rank=rank, world_size=WORLD)
     torch.set_num_threads(1)
+    warnings.simplefilter("error", FutureWarning)  # no deprecated collective (torch.distributed.nn.functional)
     results = {}
     for case in CASES:
         model = convert_batchnorm(build(case), "cpu")
