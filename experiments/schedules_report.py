@@ -21,15 +21,12 @@ schedules, never mid-schedule. Prints Markdown:
 from __future__ import annotations
 
 import argparse
-import re
 import statistics
 from collections import defaultdict
 from pathlib import Path
 
-import yaml
+from schedules_table import rows  # a sibling script (its folder is on sys.path when Python runs a script)
 from scipy import stats
-
-from auxssl.eval.tracker import read_metrics, read_run_info
 
 BASELINE, BASELINE_EPOCHS = "byol", 24
 #: The runs whose run.json predates the machine field ran on this machine (the study README's machine note).
@@ -37,16 +34,10 @@ UNRECORDED_MACHINE = "AMD EPYC (family 25, model 17)"
 
 
 def finished_runs(folder: Path) -> list[dict]:
-    out = []
-    for run in sorted(p.parent for p in folder.rglob("run.json")):
-        info = read_run_info(run)
-        epochs = yaml.safe_load((run / "config.yaml").read_text())["train"]["epochs"]
-        evals = read_metrics(run, "eval")
-        if not evals or evals[-1]["epoch"] != epochs:
-            continue
-        out.append({"arm": re.sub(r"-e\d+-s\d+$", "", run.name), "epochs": epochs, "seed": info.seed,
-                    "final": evals[-1]["knn/top1"], "cpu_s": evals[-1]["train_cpu_s"],
-                    "machine": info.machine.get("cpu", UNRECORDED_MACHINE)})
+    """`schedules_table.rows` (finished runs only), each with its cost in BYOL-epoch equivalents."""
+    out = rows(folder)
+    for r in out:
+        r["machine"] = r["machine"] or UNRECORDED_MACHINE
     per_epoch: dict[str, list[float]] = defaultdict(list)
     for r in out:
         if r["arm"] == BASELINE:

@@ -29,6 +29,7 @@ def rows(folder: Path) -> list[dict]:
         arm = re.sub(r"(-e\d+)?-s\d+$", "", run.name)  # ARM-eE-sS (own schedule) or ARM-sS
         out.append({"arm": arm, "path": run, "epochs": epochs, "seed": info.seed, "final": evals[-1]["knn/top1"],
                     "cpu_s": evals[-1].get("train_cpu_s"), "wall_s": evals[-1]["train_time_s"],
+                    "machine": info.machine.get("cpu"),  # None where run.json predates the field
                     "curve": {e["epoch"]: e["knn/top1"] for e in evals}})
     return sorted(out, key=lambda r: (r["arm"], r["epochs"], r["seed"]))
 

@@ -129,3 +129,20 @@ def test_the_noise_tables_readme_quotes_the_report_of_its_records(load_script) -
     text = script.report(runs, 12)
     readme = (results / "cifar10-cpu-noise" / "README.md").read_text()
     assert all(line in readme for line in text.splitlines() if line.startswith("| "))
+
+
+def test_the_methods_summary_pairs_by_seed_and_divides_cpu_time_within_one_machine(load_script) -> None:
+    script = load_script("experiments/methods_summary.py")
+
+    def run(final: float, cpu: float | None = None, machine: str | None = "m1") -> dict:
+        return {"final": final, "cpu_s": cpu, "machine": machine}
+
+    rotation = {0: run(40.0, 800.0), 1: run(42.0, 900.0, "m2"), 2: run(41.0, 700.0), 3: run(50.0)}
+    base = {0: run(38.0, 1000.0), 1: run(41.0, 1000.0), 2: run(37.0, 1000.0), 4: run(30.0, 1000.0)}
+    diffs = np.array([2.0, 1.0, 4.0])  # seeds 0-2: the seeds both arms ran
+    low, high = stats.t.interval(0.95, 2, loc=diffs.mean(), scale=stats.sem(diffs))
+    assert script.interval(rotation, base) == f"**+2.33** [{low:+.2f}, {high:+.2f}] (n = 3: +2.00 / +1.00 / +4.00)"
+    # seed 1 ran its two runs on different machines and seed 3 has no base run: 0.8 and 0.7 remain
+    assert script.cpu_ratio(rotation, base) == "0.75× (0.70-0.80, n = 2)"
+    assert script.cpu_ratio({1: rotation[1]}, base) == "not measured on one machine"
+    assert script.interval({0: rotation[0]}, base) == "too few shared seeds (n = 1)"
