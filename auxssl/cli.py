@@ -42,7 +42,8 @@ def _eval(args: argparse.Namespace) -> int:
     from auxssl.eval.semisup import SemiSupervisedConfig, finetune_semisupervised
 
     bad_size = args.image_size is not None and args.image_size < 1
-    if args.k < 1 or args.temperature <= 0 or args.probe_epochs < 1 or bad_size:
+    if (args.k is not None and args.k < 1) or (args.temperature is not None and args.temperature <= 0) \
+            or args.probe_epochs < 1 or bad_size:
         raise UserError("--k, --probe-epochs and --image-size must be positive and --temperature above 0")
     if any(not 0 < f < 1 for f in args.semisup):
         raise UserError(f"--semisup fractions must lie in (0, 1), got {args.semisup}")
@@ -67,7 +68,9 @@ def _eval(args: argparse.Namespace) -> int:
     size = args.image_size or built.get("image_size") or _stored_size(train)
     size_source = "--image-size" if args.image_size else "the run's evaluation size" if built.get("image_size") else \
         "the dataset's stored size"
-    knn = KNNProtocol(args.k, args.temperature)
+    # the run's kNN (k, T) unless told otherwise, so that its logged kNN and this one are the same measurement
+    knn = KNNProtocol(args.k or built.get("knn_k") or KNNProtocol.k,
+                      args.temperature or built.get("knn_temperature") or KNNProtocol.temperature)
     probe = ProbeConfig(epochs=args.probe_epochs)
     evaluators = offline_evaluators(
         knn, linear=probe if args.linear else None,
@@ -331,8 +334,9 @@ def build_parser() -> argparse.ArgumentParser:
                          "auxssl export writes; else cifar10_jpg)")
     ev.add_argument("--root", help="dataset root (folder datasets, torchvision datasets, archive path)")
     ev.add_argument("--download", action="store_true", help="allow torchvision to download the dataset")
-    ev.add_argument("--k", type=int, default=200, help="kNN neighbours (default 200)")
-    ev.add_argument("--temperature", type=float, default=0.1, help="kNN vote temperature (default 0.1)")
+    ev.add_argument("--k", type=int, default=None, help="kNN neighbours (default: the run's eval.knn_k, else 200)")
+    ev.add_argument("--temperature", type=float, default=None,
+                    help="kNN vote temperature (default: the run's eval.knn_temperature, else 0.1)")
     ev.add_argument("--linear", action="store_true", help="also train the standard linear probe")
     ev.add_argument("--linear-augmented", action="store_true",
                     help="also train the augmented linear probe (the paper's protocol: fresh random-resized crops "

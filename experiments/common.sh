@@ -22,3 +22,23 @@ script_start() {
     exit 2
   fi
 }
+
+# The offline linear probe of issue 20, item 4, on one finished run's final checkpoint (the protocol:
+# probe_finished_runs.sh's header), written to RUN/probe.json only when complete. THREADS: its threads (default 1).
+probe_run() {
+  OMP_NUM_THREADS=${THREADS:-1} python -m auxssl eval "$1" --linear --out "$1/probe.json.tmp" > /dev/null &&
+    mv "$1/probe.json.tmp" "$1/probe.json"
+}
+
+# Whether a run directory holds a finished run: its last evaluation is at its last epoch (accuracy is read off
+# finished schedules only).
+run_finished() {
+  [ -f "$1/run.json" ] && [ -f "$1/metrics.jsonl" ] && python - "$1" <<'PY'
+import sys, yaml
+from auxssl.eval.tracker import read_metrics
+run = sys.argv[1]
+epochs = yaml.safe_load(open(f"{run}/config.yaml"))["train"]["epochs"]
+evals = read_metrics(run, "eval")
+sys.exit(0 if evals and evals[-1]["epoch"] == epochs else 1)
+PY
+}

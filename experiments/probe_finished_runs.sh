@@ -16,23 +16,11 @@ cd "$(dirname "$0")/.."
 OUT=${OUT:?set OUT to the folder of run directories}
 PARALLEL=${PARALLEL:-1}
 
-finished() {  # run_dir: its last evaluation is at its last epoch
-  python - "$1" <<'PY'
-import sys, yaml
-from auxssl.eval.tracker import read_metrics
-run = sys.argv[1]
-epochs = yaml.safe_load(open(f"{run}/config.yaml"))["train"]["epochs"]
-evals = read_metrics(run, "eval")
-sys.exit(0 if evals and evals[-1]["epoch"] == epochs else 1)
-PY
-}
-
 for run in "$OUT"/*/; do
   run=${run%/}
-  [ -f "$run/run.json" ] && [ ! -f "$run/probe.json" ] && finished "$run" || continue
+  [ ! -f "$run/probe.json" ] && run_finished "$run" || continue
   while [ "$(jobs -rp | wc -l)" -ge "$PARALLEL" ]; do wait -n; done
   echo "== probe $(basename "$run") $(date -u +%H:%M:%S)"
-  OMP_NUM_THREADS=1 python -m auxssl eval "$run" --linear --out "$run/probe.json.tmp" > /dev/null \
-    && mv "$run/probe.json.tmp" "$run/probe.json" &
+  THREADS=1 probe_run "$run" &
 done
 wait

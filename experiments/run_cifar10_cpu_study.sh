@@ -25,8 +25,9 @@
 #                       the 24-epoch runs), e.g. byol@8 byol_rotation@12 byol@40; runs are named ARM-eE-sSEED
 # Knobs: ARMS; SEEDS (default "0 1 2" for the BYOL pair, "0 1" for the other arms); PARALLEL (runs at a time,
 # default 2); THREADS per run (default nproc/PARALLEL: on 2 cores two 1-thread runs train ~8% more images/s than
-# one 2-thread run); OUT (runs); RESULTS; EXTRA (--set ...); DRY_RUN=1 prints each run's command and trains
-# nothing. Runs start in the order listed, seed by seed, so
+# one 2-thread run); OUT (runs); RESULTS; EXTRA (--set ...); PROBE (default 1: each finished run's offline linear
+# probe, RUN/probe.json, right after its training, while its checkpoint exists; 0: none); DRY_RUN=1 prints each
+# run's command and trains nothing. Runs start in the order listed, seed by seed, so
 # the first seed of every arm finishes before the later seeds. Interrupted runs resume from their last
 # checkpoint; finished runs are not retrained (auxssl prints their results) and a run whose settings differ from
 # the ones asked for is refused, never relabelled.
@@ -97,6 +98,9 @@ run_one() {  # arm[@epochs] seed
   if [ -n "${DRY_RUN:-}" ]; then printf '%q ' "${command[@]}"; echo; return 0; fi
   echo "== ${name} start $(date -u +%H:%M:%S)"
   OMP_NUM_THREADS=$THREADS "${command[@]}" >> "${OUT}/${name}.log" 2>&1 || { echo "== ${name} failed: see ${OUT}/${name}.log" >&2; return 1; }
+  if [ "${PROBE:-1}" != 0 ] && [ ! -f "${OUT}/${name}/probe.json" ]; then
+    probe_run "${OUT}/${name}" >> "${OUT}/${name}.log" 2>&1 || { echo "== ${name} probe failed: see ${OUT}/${name}.log" >&2; return 1; }
+  fi
   echo "== ${name} done $(date -u +%H:%M:%S)"
 }
 
@@ -124,14 +128,17 @@ while [ "$(jobs -rp | wc -l)" -gt 0 ]; do wait -n || failed=1; done
 [ "$failed" -eq 0 ] || { echo "some runs failed; the report is not written" >&2; exit 1; }
 [ -z "${DRY_RUN:-}" ] || exit 0
 
-# results: the records of every run (no checkpoints) and the report
-rm -rf "$RESULTS/runs"
+# results: the records of every finished run under OUT (no checkpoints; a run in progress, perhaps another
+# invocation's, is left out), replacing the same run's older records; other runs' records stay; then the report
 mkdir -p "$RESULTS/runs"
 for run in "$OUT"/*/; do
+  run=${run%/}
+  run_finished "$run" || continue
   name=$(basename "$run")
-  mkdir -p "$RESULTS/runs/$name"
+  rm -rf "${RESULTS:?}/runs/$name"
+  mkdir "$RESULTS/runs/$name"
   cp "$run/run.json" "$run/config.yaml" "$run/metrics.jsonl" "$RESULTS/runs/$name/"
-  if [ -f "$run/probe.json" ]; then cp "$run/probe.json" "$RESULTS/runs/$name/"; fi  # probe_finished_runs.sh
+  if [ -f "$run/probe.json" ]; then cp "$run/probe.json" "$RESULTS/runs/$name/"; fi
 done
 python -m auxssl report "$RESULTS/runs" --out "$RESULTS/report" \
   --title "auxssl CPU study: CIFAR-10, ResNet-18 (width 16), 10k training images, 24 epochs"

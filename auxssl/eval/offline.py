@@ -28,7 +28,8 @@ SETTINGS_SUFFIX = ".json"
 def trained_settings(config: dict) -> dict[str, Any]:
     """How a run's backbone was built and evaluated, from its resolved config: architecture (``backbone``,
     ``cifar_stem``, ``width``, ``backbone_args``) and evaluation protocol (``image_size``, ``dataset``, ``root``, and
-    the fixed random subsets of the kNN bank and the test split: ``bank_subset``, ``test_subset``)."""
+    the fixed random subsets of the kNN bank and the test split: ``bank_subset``, ``test_subset``; the kNN's
+    ``knn_k`` and ``knn_temperature``)."""
     model, data, evaluation = (config.get(k) or {} for k in ("model", "data", "eval"))
     separate = evaluation.get("dataset") is not None
     own_bank = not separate and evaluation.get("bank", "train") == "train"
@@ -40,6 +41,7 @@ def trained_settings(config: dict) -> dict[str, Any]:
         "root": evaluation.get("root") if separate else data.get("root"),
         "bank_subset": data.get("train_subset") if own_bank else None,
         "test_subset": evaluation.get("test_subset"),
+        "knn_k": evaluation.get("knn_k"), "knn_temperature": evaluation.get("knn_temperature"),
     }
 
 

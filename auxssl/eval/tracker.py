@@ -17,7 +17,7 @@ import time
 import warnings
 from collections.abc import Iterator
 from contextlib import contextmanager
-from dataclasses import asdict, dataclass, field
+from dataclasses import MISSING, asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -87,10 +87,19 @@ def read_run_info(run_dir: str | Path) -> RunInfo:
     path = Path(run_dir) / RUN_INFO
     if not path.is_file():
         raise FileNotFoundError(f"{run_dir} is not a run directory: {RUN_INFO} is missing")
-    data = json.loads(path.read_text())
+    try:
+        data = json.loads(path.read_text())
+    except json.JSONDecodeError as err:
+        raise InputError(f"{path}: not JSON ({err}); was it written by auxssl?") from None
+    if not isinstance(data, dict):
+        raise InputError(f"{path}: not a run description (a JSON object) written by auxssl")
     unknown = set(data) - set(RunInfo.__dataclass_fields__)
     if unknown:
         raise InputError(f"{path}: unknown keys {sorted(unknown)} (written by a newer auxssl?)")
+    missing = [name for name, f in RunInfo.__dataclass_fields__.items()
+               if f.default is MISSING and f.default_factory is MISSING and name not in data]
+    if missing:
+        raise InputError(f"{path}: missing {missing}: not a run description written by auxssl")
     return RunInfo(**data)
 
 

@@ -5,6 +5,7 @@ evaluation protocol."""
 from __future__ import annotations
 
 import json
+import os
 import subprocess
 import sys
 import urllib.error
@@ -46,16 +47,17 @@ def test_eval_defaults_to_the_runs_own_resolution_and_records_the_architecture(t
     trained = read_metrics(tmp_path / "run", "eval")[-1]["knn/top1"]
     checkpoint = find_last_checkpoint(tmp_path / "run")
     capsys.readouterr()
-    assert main(["eval", str(checkpoint), "--k", "20"]) == 0  # no --dataset, no --image-size, no --backbone
+    assert main(["eval", str(checkpoint)]) == 0  # no --dataset, no --image-size, no --backbone, no --k
     out = json.loads(capsys.readouterr().out)
-    assert out["knn/top1"] == trained  # today's code: 32 px and cifar10_jpg, another number
+    assert out["knn/top1"] == trained  # before: 32 px, cifar10_jpg and k = 200, another number
+    assert out["config"]["knn"] == {"k": 20, "temperature": 0.1}  # the run's eval.knn_k
     assert out["config"]["image_size"] == 16 and out["config"]["backbone"] == "resnet10"
     assert out["config"]["width"] == 16 and out["config"]["dataset"] == "digits"
     # exported weights carry the same settings: eval needs no --backbone/--width either
     assert main(["export", str(tmp_path / "run"), "--out", str(tmp_path / "r10.pt")]) == 0
     assert json.loads((tmp_path / "r10.json").read_text())["image_size"] == 16
     capsys.readouterr()
-    assert main(["eval", str(tmp_path / "r10.pt"), "--k", "20"]) == 0
+    assert main(["eval", str(tmp_path / "r10.pt")]) == 0
     assert json.loads(capsys.readouterr().out)["knn/top1"] == trained
 
 
@@ -156,6 +158,11 @@ def test_report_and_export_refusals_are_one_line(tmp_path: Path, capsys) -> None
                                                    **{"knn/top1": 50.0})
     assert main(["report", str(tmp_path / "runs")]) == 2
     assert "are both seed 0" in error_line(capsys)
+    for text, says in (("{}", "missing ['name', 'method', 'dataset']"), ("[1]", "not a run description"),
+                       ("{name: x", "not JSON")):  # a run.json not written by auxssl
+        (tmp_path / "runs" / "b" / "run.json").write_text(text)
+        assert main(["report", str(tmp_path / "runs")]) == 2
+        assert says in error_line(capsys)
     import torch
 
     torch.save({"weight": torch.zeros(2)}, tmp_path / "plain.pt")
@@ -237,3 +244,32 @@ def test_the_study_script_turns_noise_arms_into_settings_and_refuses_bad_levels(
     refused = subprocess.run(["bash", str(script)], capture_output=True, text=True, cwd=tmp_path,
                              env=env | {"ARMS": "byol_good1.5"})
     assert refused.returncode == 2 and "noise level must be a fraction in (0, 1], got '1.5'" in refused.stderr
+
+
+def test_the_study_script_probes_each_run_after_training_and_copies_its_records(tmp_path: Path) -> None:
+    """One-epoch study runs on the digits: each run's offline linear probe is written right after its training
+    (while the checkpoint exists; checkpoints do not outlive the machine), and the results folder gets the records
+    of the finished runs only (another invocation's run in progress is left out), keeping those already there (a
+    second invocation, e.g. from another machine's OUT, adds its run beside the first's)."""
+    script = ROOT / "experiments" / "run_cifar10_cpu_study.sh"
+    in_progress = tmp_path / "b" / "simclr-s9"  # its last evaluation (epoch 1) is before its last epoch (5)
+    in_progress.mkdir(parents=True)
+    (in_progress / "run.json").write_text("{}")
+    (in_progress / "config.yaml").write_text("train: {epochs: 5}\n")
+    (in_progress / "metrics.jsonl").write_text(json.dumps({"kind": "eval", "epoch": 1, "knn/top1": 30.0}) + "\n")
+    tiny = ("data.dataset=digits data.train_subset=64 data.batch_size=32 data.image_size=16 model.width=8 "
+            "eval.every_epochs=1 eval.at_start=false eval.knn_k=10")
+    env = {**os.environ, "ARMS": "byol@1", "PARALLEL": "1", "THREADS": "1", "EXTRA": tiny,
+           "RESULTS": str(tmp_path / "results")}
+    for seed, out in (("0", "a"), ("1", "b")):
+        done = subprocess.run(["bash", str(script)], capture_output=True, text=True, cwd=ROOT, timeout=600,
+                              env=env | {"SEEDS": seed, "OUT": str(tmp_path / out)})
+        assert done.returncode == 0, done.stderr[-2000:]
+    results = tmp_path / "results" / "runs"
+    assert {p.name for p in results.iterdir()} == {"byol-e1-s0", "byol-e1-s1"}
+    for copied in results.iterdir():
+        assert {p.name for p in copied.iterdir()} == {"config.yaml", "metrics.jsonl", "run.json", "probe.json"}
+        probe = json.loads((copied / "probe.json").read_text())
+        last = [json.loads(line) for line in (copied / "metrics.jsonl").read_text().splitlines()][-1]
+        assert probe["checkpoint"].endswith(".pt") and 0 < probe["linear/top1"] <= 100
+        assert probe["knn/top1"] == pytest.approx(last["knn/top1"], abs=1.0)  # the same final features, same k
