@@ -34,6 +34,24 @@ def test_the_methods_readme_quotes_the_paired_gains_its_records_give(method: str
             assert f"{arm[:, column].mean():.2f} ± {arm[:, column].std(ddof=1):.2f}" in readme
 
 
+@pytest.mark.parametrize(("method", "epochs"), [("simsiam", 12), ("swav", 16)])
+def test_the_methods_readme_quotes_the_compute_matched_gains_its_records_give(method: str, epochs: int) -> None:
+    """Rotation with its own shorter schedule against the baseline's 24 epochs: kNN gain and CPU-time ratio."""
+    readme = (METHODS / "README.md").read_text()
+
+    def last(run: Path) -> dict:
+        lines = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
+        return [e for e in lines if e["kind"] == "eval"][-1]
+
+    base = [last(METHODS / "runs" / f"{method}-s{s}") for s in range(3)]
+    matched = [last(METHODS / "runs" / f"{method}_rotation-e{epochs}-s{s}") for s in range(3)]
+    assert all(e["epoch"] == epochs for e in matched)
+    gain = np.array([m["knn/top1"] - b["knn/top1"] for m, b in zip(matched, base)])
+    low, high = stats.t.interval(0.95, 2, loc=gain.mean(), scale=stats.sem(gain))
+    ratio = np.mean([m["train_cpu_s"] / b["train_cpu_s"] for m, b in zip(matched, base)])
+    assert f"**{ratio:.2f}×**" in readme and f"**{gain.mean():+.2f}** [{low:+.2f}, {high:+.2f}]" in readme
+
+
 def test_the_lambda_report_pairs_by_seed_against_the_headline_and_byol(load_script) -> None:
     def run(arm: str, seed: int, value: float) -> dict:
         return {"arm": arm, "epochs": 12, "seed": seed, "final": value}
