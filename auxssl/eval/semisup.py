@@ -55,6 +55,19 @@ class SemiSupervisedConfig:
         return replace(self, epochs=simclr_finetune_epochs(self.fraction) if self.epochs is None else self.epochs)
 
 
+def labelled_subset_loader(train: ImageDataset, config: SemiSupervisedConfig, device: str | torch.device,
+                           image_size: int) -> tuple[ImageSubset, torch.Tensor, np.ndarray, TensorLoader]:
+    """The class-balanced labelled subset of ``train`` (``config.fraction``, ``config.seed``), its decoded images
+    and the rows that decoded, and the fine-tuning loader over it: every labelled image once per epoch (an image
+    that does not decode is replaced by the next one), in batches of ``min(config.batch_size, subset size)``."""
+    labelled = ImageSubset(train, balanced_subset(np.asarray(train.labels), config.fraction, config.seed))
+    images, kept = labelled.to_uint8(image_size)  # only the labelled subset is decoded
+    options = LoaderOptions(labels=labelled.labels, device=device, seed=config.seed, drop_last=False)
+    loader = TensorLoader(labelled, get_recipe("linear_eval", image_size), min(config.batch_size, len(labelled)),
+                          options, images=images, rows=kept)
+    return labelled, images, kept, loader
+
+
 def finetune_semisupervised(
     backbone: nn.Module,
     train: ImageDataset,
@@ -69,20 +82,14 @@ def finetune_semisupervised(
     With ``save_to`` the result (config, accuracies, subset indices) is written there as JSON.
     """
     config = config.resolved()
-    chosen = balanced_subset(np.asarray(train.labels), config.fraction, config.seed)
-    images, kept = ImageSubset(train, chosen).to_uint8(image_size)  # only the labelled subset is decoded
-    row_labels = np.asarray(train.labels)[chosen[kept]]
-    subset_indices = chosen[kept]
-    subset_images = images
-    batch_size = min(config.batch_size, len(subset_indices))
-    options = LoaderOptions(labels=train.labels, device=device, seed=config.seed, drop_last=False)
-    loader = TensorLoader(train, get_recipe("linear_eval", image_size), batch_size, options, images=subset_images,
-                          rows=subset_indices)
-    num_classes = int(row_labels.max()) + 1
+    labelled, images, kept, loader = labelled_subset_loader(train, config, device, image_size)
+    subset_indices = labelled.indices[kept]
+    batch_size = loader.batch_size
+    num_classes = int(labelled.labels[kept].max()) + 1
     model = copy.deepcopy(backbone).to(device)
     test_x, test_y = extract_features(model, test, device=device, image_size=image_size)
-    subset_x, subset_y = extract_features(model, train, device=device, image_size=image_size,
-                                          images=subset_images, rows=subset_indices)
+    subset_x, subset_y = extract_features(model, labelled, device=device, image_size=image_size, images=images,
+                                          rows=kept)
     probe, _ = fit_probe(subset_x, subset_y, ProbeConfig(seed=config.seed), num_classes)
     with torch.no_grad():
         linear_acc = topk_accuracy(probe(test_x), test_y)
