@@ -33,8 +33,9 @@ class _GatherWithGrad(torch.autograd.Function):
 
     @staticmethod
     def forward(ctx, x: Tensor) -> Tensor:  # type: ignore[override]
+        x = x.contiguous()
         parts = [torch.empty_like(x) for _ in range(dist.get_world_size())]
-        dist.all_gather(parts, x.contiguous())
+        dist.all_gather(parts, x)
         ctx.rows = slice(dist.get_rank() * len(x), (dist.get_rank() + 1) * len(x))
         return torch.cat(parts, dim=0)
 
