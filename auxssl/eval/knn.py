@@ -33,13 +33,26 @@ class _Candidates:
 
     Memory is bounded whatever the features: when a row would outgrow ``cap`` slots (features that tie, as a
     collapsed representation's do, keep every bank entry above the threshold), every row is first cut down to
-    its ``k`` best pairs — which keeps the result exact, since later pairs only compete with those."""
+    its ``k`` best pairs — which keeps the result exact, since later pairs only compete with those.
+
+    One object serves every query chunk of a search (`reset`, `_Scratch`): its buffers grow once."""
 
     def __init__(self, rows: int, width: int, dtype: torch.dtype, device: torch.device, k: int, cap: int) -> None:
-        self.values = torch.full((rows, width), float("-inf"), dtype=dtype, device=device)
-        self.cols = torch.zeros((rows, width), dtype=torch.long, device=device)
-        self.counts = torch.zeros(rows, dtype=torch.long, device=device)
+        self._values = torch.empty((rows, width), dtype=dtype, device=device)
+        self._cols = torch.empty((rows, width), dtype=torch.long, device=device)
         self.k, self.cap = k, max(cap, width)
+        self.reset(rows)
+
+    def reset(self, rows: int) -> _Candidates:
+        """Empty, for ``rows`` queries, keeping the buffers (and the width they grew to)."""
+        if rows > len(self._values):
+            self._values = torch.empty((rows, self._values.shape[1]), dtype=self._values.dtype,
+                                       device=self._values.device)
+            self._cols = torch.empty((rows, self._cols.shape[1]), dtype=torch.long, device=self._cols.device)
+        self.values, self.cols = self._values[:rows], self._cols[:rows]
+        self.values.fill_(float("-inf"))
+        self.counts = torch.zeros(rows, dtype=torch.long, device=self._values.device)
+        return self
 
     def _compact(self) -> None:
         top, pos = self.values.topk(self.k, dim=1)
@@ -47,18 +60,24 @@ class _Candidates:
         self.values[:, self.k :] = float("-inf")
         self.counts = self.counts.clamp(max=self.k)
 
+    def _grow(self, needed: int) -> None:
+        """Widen the buffers to hold ``needed`` pairs per row (at most ``cap`` + one block's pairs)."""
+        width = self._values.shape[1]
+        grown = max(needed, min(2 * width, self.cap))
+        rows = len(self.values)
+        self._values = F.pad(self._values, (0, grown - width), value=float("-inf"))
+        self._cols = F.pad(self._cols, (0, grown - width))
+        self.values, self.cols = self._values[:rows], self._cols[:rows]
+
     def add(self, crow: Tensor, row_ids: Tensor, cols: Tensor, values: Tensor) -> None:
         """Append one block's pairs; ``crow``: CSR row pointers of ``row_ids`` (sorted)."""
         added = crow[1:] - crow[:-1]
         if int((self.counts + added).max()) > self.cap:
             self._compact()
         fill = self.counts + added
+        if int(fill.max()) > self.values.shape[1]:
+            self._grow(int(fill.max()))
         width = self.values.shape[1]
-        if int(fill.max()) > width:
-            grown = max(int(fill.max()), min(2 * width, self.cap))  # at most cap + one block's pairs
-            self.values = F.pad(self.values, (0, grown - width), value=float("-inf"))
-            self.cols = F.pad(self.cols, (0, grown - width))
-            width = grown
         slots = self.counts[row_ids] + torch.arange(len(row_ids), device=row_ids.device) - crow[:-1][row_ids]
         flat = row_ids * width + slots
         self.values.view(-1).index_copy_(0, flat, values)
@@ -68,6 +87,38 @@ class _Candidates:
     def topk(self, k: int) -> tuple[Tensor, Tensor]:
         top, pos = self.values.topk(k, dim=1)
         return top, self.cols.gather(1, pos)
+
+
+class _Scratch:
+    """The buffers of one search, reused by every query chunk: the scan's score and mask blocks, the sample's
+    scores, the rescoring pattern's placeholder values and the candidates (`_Candidates`). Fresh tensors of these
+    sizes (tens of MB) cost more in page faults than the work done on them."""
+
+    def __init__(self) -> None:
+        self._buffers: dict[str, Tensor] = {}
+        self.candidates: _Candidates | None = None
+
+    def get(self, name: str, shape: tuple[int, ...], dtype: torch.dtype, device: torch.device) -> Tensor:
+        """An uninitialised contiguous tensor of ``shape`` (a view of the buffer ``name``, grown when too small)."""
+        numel = math.prod(shape)
+        buffer = self._buffers.get(name)
+        if buffer is None or buffer.numel() < numel or buffer.dtype != dtype or buffer.device != device:
+            buffer = self._buffers[name] = torch.empty(numel, dtype=dtype, device=device)
+        return buffer[:numel].view(shape)
+
+    def zeros(self, n: int, dtype: torch.dtype, device: torch.device) -> Tensor:
+        """``n`` zeros (kept zero: only read)."""
+        buffer = self._buffers.get("zeros")
+        if buffer is None or buffer.numel() < n or buffer.dtype != dtype or buffer.device != device:
+            buffer = self._buffers["zeros"] = torch.zeros(max(n, 2 * (0 if buffer is None else buffer.numel())),
+                                                          dtype=dtype, device=device)
+        return buffer[:n]
+
+    def empty_candidates(self, rows: int, k: int, dtype: torch.dtype, device: torch.device) -> _Candidates:
+        if self.candidates is None or self.candidates.k != k or self.candidates.values.dtype != dtype:
+            self.candidates = _Candidates(rows, 4 * k, dtype, device, k, cap=16 * k)
+            return self.candidates
+        return self.candidates.reset(rows)
 
 
 def _row_pointers(row_ids: Tensor, rows: int) -> Tensor:
@@ -89,10 +140,12 @@ class Int8Scan:
     ``|y·x_j − ŷ·x̂_j| = |y·ε_j + δ·x̂_j| ≤ ‖y‖ max‖ε‖ + ‖δ‖ max‖x̂‖`` (Cauchy–Schwarz), which is `queries`' error.
     """
 
-    def __init__(self, bank: Tensor, stride: int = SAMPLE_STRIDE, slice_rows: int = 65536) -> None:
+    def __init__(self, bank: Tensor, stride: int = SAMPLE_STRIDE, slice_rows: int = 4096) -> None:
         self.centre = bank.mean(dim=0)
         self.dim = bank.shape[1]
-        slices = range(0, len(bank), slice_rows)  # centred slice by slice: no fp32 copy of the bank
+        # centred slice by slice: no fp32 copy of the bank, and temporaries small enough for the allocator to
+        # reuse (one 50,000-row slice spent most of its 0.55 s in page faults; 4,096-row slices take 0.2 s)
+        slices = range(0, len(bank), slice_rows)
         max_entry, max_bias, row_peaks = 0.0, 0.0, []
         for start in slices:
             centred = bank[start : start + slice_rows] - self.centre
@@ -146,7 +199,8 @@ def _scan_product(queries: Tensor, part: Tensor, out: Tensor) -> Tensor:
 
 
 def exact_topk(queries: Tensor, bank: Tensor, k: int, block: int = 4096, stride: int = SAMPLE_STRIDE,
-               sample: Tensor | None = None, scan: Int8Scan | None = None) -> tuple[Tensor, Tensor]:
+               sample: Tensor | None = None, scan: Int8Scan | None = None,
+               scratch: _Scratch | None = None) -> tuple[Tensor, Tensor]:
     """The ``k`` most similar bank rows of every query (dot products of unit vectors): the same values as
     ``(queries @ bank.T).topk(k)`` (up to fp32 rounding), columns equal up to ties, without materialising or
     fully sorting the matrix.
@@ -159,6 +213,7 @@ def exact_topk(queries: Tensor, bank: Tensor, k: int, block: int = 4096, stride:
     ``T' = T − ⌊e/u⌋`` units and the kept entries are scored again in fp32 against ``bank`` while their block is in
     cache. Every entry left out has ``q·b < (T' − 1)·u + e + q·c``, so when a query's k-th best kept score reaches
     that bound, the top-k of its kept entries is its exact top-k; the other queries (rare) are recomputed in full.
+    ``scratch``: the buffers of earlier calls, reused (`BankIndex.topk` passes one for all its query chunks).
     """
     n = len(bank)
     sample_rank = math.ceil(2 * k / stride)
@@ -170,9 +225,10 @@ def exact_topk(queries: Tensor, bank: Tensor, k: int, block: int = 4096, stride:
     else:
         scan_bank, sample = scan.rows, scan.sample
         scan_queries, unit, error = scan.queries(queries)
+    scratch = _Scratch() if scratch is None else scratch
     out_dtype = torch.int32 if scan_bank.dtype == torch.int8 else scan_bank.dtype
     sample_sims = _scan_product(scan_queries, sample,
-                                torch.empty(len(queries), len(sample), dtype=out_dtype, device=queries.device))
+                                scratch.get("sample", (len(queries), len(sample)), out_dtype, queries.device))
     threshold = sample_sims.topk(sample_rank, dim=1).values[:, -1:]
     if scan is not None:
         threshold = threshold - (error / unit).floor().to(threshold.dtype)
@@ -181,22 +237,19 @@ def exact_topk(queries: Tensor, bank: Tensor, k: int, block: int = 4096, stride:
             # are scanned exactly in fp32 instead
             return exact_topk(queries, bank, k, block, stride)
     rows, block = len(queries), min(block, n)
-    buffer = torch.empty(rows * block, dtype=out_dtype, device=queries.device)  # reused by every block
-    mask = torch.empty(rows * block, dtype=torch.bool, device=queries.device)
-    zeros = torch.zeros(0, dtype=queries.dtype, device=queries.device)
-    candidates = _Candidates(rows, 4 * k, queries.dtype, queries.device, k, cap=16 * k)
+    candidates = scratch.empty_candidates(rows, k, queries.dtype, queries.device)
     for start in range(0, n, block):
         part = scan_bank[start : start + block]
         shape = (rows, len(part))
-        sim = _scan_product(scan_queries, part, buffer[: shape[0] * shape[1]].view(shape))
-        row_ids, cols = torch.ge(sim, threshold, out=mask[: shape[0] * shape[1]].view(shape)).nonzero(as_tuple=True)
+        sim = _scan_product(scan_queries, part, scratch.get("scores", shape, out_dtype, queries.device))
+        row_ids, cols = torch.ge(sim, threshold, out=scratch.get("mask", shape, torch.bool, queries.device)).nonzero(
+            as_tuple=True)
         crow = _row_pointers(row_ids, rows)
         if scan is not None:  # fp32 dot products at the kept pairs only, while the block's rows are still in cache
-            if len(zeros) < len(cols):
-                zeros = torch.zeros(2 * len(cols), dtype=queries.dtype, device=queries.device)
+            zeros = scratch.zeros(len(cols), queries.dtype, queries.device)
             with warnings.catch_warnings():  # "sparse CSR support is in beta": sampled_addmm is all we use of it
                 warnings.simplefilter("ignore", UserWarning)
-                pattern = torch.sparse_csr_tensor(crow, cols, zeros[: len(cols)], size=shape, check_invariants=False)
+                pattern = torch.sparse_csr_tensor(crow, cols, zeros, size=shape, check_invariants=False)
             values = torch.sparse.sampled_addmm(pattern, queries, bank[start : start + block].T, beta=0.0).values()
         else:
             values = sim[row_ids, cols]
@@ -246,8 +299,9 @@ class BankIndex:
         if len(queries) == 0 or k == 0:
             empty = torch.empty(len(queries), k, device=self.bank.device)
             return empty, empty.long()
+        scratch = _Scratch()  # one set of buffers for every query chunk
         parts = [exact_topk(queries[start : start + query_chunk], self.bank, k, block=self.bank_chunk,
-                            sample=self.sample, scan=self.scan)
+                            sample=self.sample, scan=self.scan, scratch=scratch)
                  for start in range(0, len(queries), query_chunk)]
         return torch.cat([p[0] for p in parts]), torch.cat([p[1] for p in parts])
 

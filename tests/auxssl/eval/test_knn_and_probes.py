@@ -24,7 +24,7 @@ from auxssl.eval import (
     mlp_probe,
 )
 from auxssl.eval.features import normalise_images
-from auxssl.eval.knn import Int8Scan, exact_topk, scan_dtype
+from auxssl.eval.knn import BankIndex, Int8Scan, exact_topk, scan_dtype
 from baselines import build_backbone
 
 
@@ -332,6 +332,27 @@ def test_tied_features_keep_the_candidate_buffer_bounded(monkeypatch) -> None:
     assert counter.width <= 16 * 10 + 256
     torch.testing.assert_close(values, (queries @ bank[:1].T).expand(-1, 10))
     assert all(len(set(row.tolist())) == 10 for row in columns)
+
+
+@pytest.mark.parametrize("scan", [torch.float32, torch.int8])
+def test_query_chunks_share_the_candidate_buffers_and_stay_exact(scan: torch.dtype) -> None:
+    """`BankIndex.topk` reuses one candidate buffer for all its query chunks: the first chunk's queries tie with
+    a third of the bank (the buffer grows to its cap and is compacted), the next ones keep far fewer candidates
+    (the first chunk's pairs must not linger), the last chunk is shorter; every chunk's top-k equals the full
+    computation's (values; columns up to ties)."""
+    g = torch.Generator().manual_seed(0)
+    bank = F.normalize(torch.randn(6000, 24, generator=g), dim=1)
+    tied = bank[1].clone()
+    bank[1::3] = tied  # 2,000 identical rows
+    queries = F.normalize(torch.randn(70, 24, generator=g), dim=1)
+    queries -= (queries @ tied + 0.5)[:, None] * tied  # the later chunks' queries: far from the tied rows
+    queries = F.normalize(queries, dim=1)
+    queries[:30] = tied  # the first chunk: 2,000 tied neighbours each, more than the buffer's cap
+    values, columns = BankIndex(bank, bank_chunk=500, scan=scan).topk(queries, 20, query_chunk=30)
+    full = queries @ bank.T
+    torch.testing.assert_close(values, full.topk(20, dim=1).values)
+    torch.testing.assert_close(torch.gather(full, 1, columns), values)
+    assert all(len(set(row.tolist())) == 20 for row in columns)
 
 
 def test_concentrated_features_are_scanned_without_keeping_every_pair(monkeypatch) -> None:
