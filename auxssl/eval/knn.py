@@ -275,8 +275,8 @@ def scan_dtype(device: torch.device) -> torch.dtype:
 
 
 class BankIndex:
-    """A kNN bank prepared once for many `topk` searches: L2-normalised rows, and for the int8 scan its `Int8Scan`
-    (else the rows' strided sample)."""
+    """A kNN bank prepared once for many `topk` searches: L2-normalised rows, for the int8 scan its `Int8Scan`
+    (else the rows' strided sample), and the searches' reused buffers."""
 
     def __init__(self, bank: Tensor, *, bank_chunk: int = 4096, scan: torch.dtype | None = None) -> None:
         self.bank = F.normalize(bank.float(), dim=1)
@@ -286,6 +286,7 @@ class BankIndex:
             raise ValueError(f"the kNN scans in int8 or float32, not {scan}")
         self.scan = Int8Scan(self.bank) if scan == torch.int8 and len(self.bank) else None
         self.sample = self.bank[::SAMPLE_STRIDE].contiguous() if self.scan is None else None
+        self.scratch = _Scratch()  # one set of buffers for every search and query chunk on this index
 
     def __len__(self) -> int:
         return len(self.bank)
@@ -299,9 +300,8 @@ class BankIndex:
         if len(queries) == 0 or k == 0:
             empty = torch.empty(len(queries), k, device=self.bank.device)
             return empty, empty.long()
-        scratch = _Scratch()  # one set of buffers for every query chunk
         parts = [exact_topk(queries[start : start + query_chunk], self.bank, k, block=self.bank_chunk,
-                            sample=self.sample, scan=self.scan, scratch=scratch)
+                            sample=self.sample, scan=self.scan, scratch=self.scratch)
                  for start in range(0, len(queries), query_chunk)]
         return torch.cat([p[0] for p in parts]), torch.cat([p[1] for p in parts])
 
