@@ -33,6 +33,7 @@ def _eval(args: argparse.Namespace) -> int:
 
     from auxssl.data.datasets import get_dataset
     from auxssl.engine.build import random_subset
+    from auxssl.engine.checkpoint import resolve_checkpoint
     from auxssl.engine.precision import resolve_device
     from auxssl.eval.evaluators import describe_evaluators, offline_evaluators
     from auxssl.eval.knn import KNNProtocol
@@ -48,13 +49,7 @@ def _eval(args: argparse.Namespace) -> int:
     if any(not 0 < f < 1 for f in args.semisup):
         raise UserError(f"--semisup fractions must lie in (0, 1), got {args.semisup}")
     device = resolve_device(args.device)
-    checkpoint = Path(args.checkpoint)
-    if checkpoint.is_dir():  # a run directory: its last checkpoint
-        from auxssl.engine.checkpoint import find_last_checkpoint
-
-        checkpoint = find_last_checkpoint(checkpoint)
-        if checkpoint is None:
-            raise FileNotFoundError(f"{args.checkpoint} holds no checkpoint")
+    checkpoint = resolve_checkpoint(args.checkpoint)  # a run directory: its last checkpoint
     backbone, built = load_backbone(checkpoint, args.backbone, args.cifar_stem, args.width)
     backbone = backbone.to(device)
     # the run's own evaluation protocol unless told otherwise: its dataset (when none is named) and image size
@@ -75,7 +70,7 @@ def _eval(args: argparse.Namespace) -> int:
     evaluators = offline_evaluators(
         knn, linear=probe if args.linear else None,
         mlp=ProbeConfig(epochs=args.probe_epochs, hidden_dim=args.mlp_hidden) if args.mlp else None,
-        projector=load_projector(args.checkpoint).to(device) if args.projector_probes else None,
+        projector=load_projector(checkpoint).to(device) if args.projector_probes else None,
         projector_config=probe)
     results: dict = evaluate_backbone(backbone, train, test, evaluators=evaluators, device=device, image_size=size)
     if args.linear_augmented:

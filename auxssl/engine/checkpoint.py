@@ -119,6 +119,17 @@ def find_last_checkpoint(run_dir: str | Path) -> Path | None:
     return max(candidates)[1] if candidates else None
 
 
+def resolve_checkpoint(path: str | Path) -> Path:
+    """``path`` itself, or a run directory's last checkpoint (`FileNotFoundError` when it holds none)."""
+    path = Path(path)
+    if not path.is_dir():
+        return path
+    checkpoint = find_last_checkpoint(path)
+    if checkpoint is None:
+        raise FileNotFoundError(f"{path} holds no checkpoint")
+    return checkpoint
+
+
 def prune_checkpoints(run_dir: str | Path, keep: int = 2) -> None:
     """Keep the ``keep`` most recent checkpoints."""
     folder = Path(run_dir) / CHECKPOINT_DIR

@@ -12,7 +12,7 @@ import torch
 from torch import nn
 
 from auxssl.data.datasets import ImageDataset
-from auxssl.engine.checkpoint import load_checkpoint
+from auxssl.engine.checkpoint import load_checkpoint, resolve_checkpoint
 from auxssl.errors import InputError
 from auxssl.eval.evaluators import Evaluator, Features, offline_evaluators
 from auxssl.eval.features import extract_features_and_rows
@@ -61,12 +61,14 @@ def checkpoint_settings(path: str | Path, state: dict) -> dict[str, Any]:
 
 def load_backbone(path: str | Path, arch: str | None = None, cifar_stem: bool | None = None, width: int | None = None,
                   options: dict | None = None) -> tuple[nn.Module, dict[str, Any]]:
-    """A backbone from a plain state_dict (``auxssl export``) or a training checkpoint holding ``"backbone"``,
-    and the settings it was built with (`checkpoint_settings`, overridden by the arguments that are not None).
+    """A backbone from a plain state_dict (``auxssl export``) or a training checkpoint holding ``"backbone"`` (a run
+    directory: its last one), and the settings it was built with (`checkpoint_settings`, overridden by the
+    arguments that are not None).
 
     Arguments left as None come from the checkpoint (a training checkpoint's config, or the settings file that
     ``auxssl export`` writes beside the weights), else default to a ResNet-18 with the CIFAR stem at width 64.
     """
+    path = resolve_checkpoint(path)
     state = load_checkpoint(path)
     settings = checkpoint_settings(path, state)
     if isinstance(state.get("backbone"), dict):

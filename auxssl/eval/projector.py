@@ -14,7 +14,7 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
-from auxssl.engine.checkpoint import find_last_checkpoint, load_checkpoint
+from auxssl.engine.checkpoint import load_checkpoint, resolve_checkpoint
 from auxssl.errors import InputError
 from auxssl.eval.linear import OnlineLinearProbe, ProbeConfig, linear_probe
 
@@ -150,10 +150,7 @@ def load_projector(path: str | Path) -> nn.Sequential:
     from auxssl.config import RunConfig, from_dict
     from auxssl.engine.build import build_model
 
-    path = Path(path)
-    checkpoint = find_last_checkpoint(path) if path.is_dir() else path
-    if checkpoint is None:
-        raise InputError(f"{path} holds no checkpoint: per-layer projector probes need a training checkpoint")
+    checkpoint = resolve_checkpoint(path)
     state = load_checkpoint(checkpoint)
     if "model" not in state or "config" not in state:
         raise InputError(f"{checkpoint} is not a training checkpoint (an exported backbone has no projector)")

@@ -51,6 +51,9 @@ def test_eval_defaults_to_the_runs_own_resolution_and_records_the_architecture(t
     out = json.loads(capsys.readouterr().out)
     assert out["knn/top1"] == trained  # before: 32 px, cifar10_jpg and k = 200, another number
     assert out["config"]["knn"] == {"k": 20, "temperature": 0.1}  # the run's eval.knn_k
+    from auxssl.eval.offline import load_backbone
+
+    assert load_backbone(tmp_path / "run")[1]["width"] == 16  # a run directory: its last checkpoint (benchmarks)
     assert out["config"]["image_size"] == 16 and out["config"]["backbone"] == "resnet10"
     assert out["config"]["width"] == 16 and out["config"]["dataset"] == "digits"
     # exported weights carry the same settings: eval needs no --backbone/--width either
