@@ -164,3 +164,12 @@ def test_the_methods_summary_pairs_by_seed_and_divides_cpu_time_within_one_machi
     assert script.cpu_ratio(rotation, base) == "0.75× (0.70-0.80, n = 2)"
     assert script.cpu_ratio({1: rotation[1]}, base) == "not measured on one machine"
     assert script.interval({0: rotation[0]}, base) == "too few shared seeds (n = 1)"
+
+
+def test_the_top_level_readme_quotes_the_methods_summary_of_the_records(load_script) -> None:
+    """The README's per-method table is what `methods_summary.py` computes from the committed runs."""
+    script = load_script("experiments/methods_summary.py")
+    table = script.summary(ROOT / "experiments" / "results")
+    readme = (ROOT / "README.md").read_text()
+    rows = [line for line in table.splitlines() if line.startswith("| ")]
+    assert len(rows) == 6 and all(line in readme for line in rows)
