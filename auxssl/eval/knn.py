@@ -115,7 +115,8 @@ class _Scratch:
         return buffer[:n]
 
     def empty_candidates(self, rows: int, k: int, dtype: torch.dtype, device: torch.device) -> _Candidates:
-        if self.candidates is None or self.candidates.k != k or self.candidates.values.dtype != dtype:
+        stale = self.candidates is None or self.candidates.k != k
+        if stale or self.candidates.values.dtype != dtype or self.candidates.values.device != device:
             self.candidates = _Candidates(rows, 4 * k, dtype, device, k, cap=16 * k)
             return self.candidates
         return self.candidates.reset(rows)
